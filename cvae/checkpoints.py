@@ -1,0 +1,118 @@
+"""Saving and loading: atomic writes for every artifact, and checkpoints that load with weights_only=True.
+
+A checkpoint is a plain dict of tensors, numbers, strings and lists: ``{"kind", "config", "state_dict"}``
+for a trained model, plus the optimizer, epoch, step, early-stopping state and RNG states for a
+resumable training state. Nothing in it needs arbitrary unpickling, and anything that would is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import CVAE, BaselineNet
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, truncated, unsafe, or does not match the run's configuration."""
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds, fsync it and rename it over
+    ``path`` (atomic on POSIX). If the block fails, ``path`` is left as it was and the temporary
+    file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save(obj: dict, path: str | Path) -> None:
+    """torch.save, atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """torch.load with weights_only=True; a clear CheckpointError for a missing, corrupt or unsafe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist.")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises pickle, zip and runtime errors here
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded safely: {reason}. It is truncated, corrupt, or "
+            "holds objects that only arbitrary unpickling could rebuild (refused for safety). "
+            "Re-run training to recreate it."
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict.")
+    return obj
+
+
+def model_checkpoint(model: BaselineNet | CVAE) -> dict:
+    """The dict saved for a trained model: its kind, the configuration that builds it, its weights."""
+    config = {"num_quadrants": model.task.num_quadrants, "hidden": list(model.hidden)}
+    if isinstance(model, CVAE):
+        config.update(z_dim=model.z_dim, baseline_hidden=list(model.baseline.hidden))
+    kind = "cvae" if isinstance(model, CVAE) else "baseline"
+    return {"kind": kind, "config": config, "state_dict": model.state_dict()}
+
+
+def build_model(checkpoint: dict, path: str | Path = "<checkpoint>") -> BaselineNet | CVAE:
+    """Rebuild a model from ``model_checkpoint``'s dict and load its weights."""
+    try:
+        kind, config = checkpoint["kind"], checkpoint["config"]
+        k = config["num_quadrants"]
+        if kind == "baseline":
+            model = BaselineNet(k, config["hidden"])
+        elif kind == "cvae":
+            baseline = BaselineNet(k, config["baseline_hidden"])
+            model = CVAE(baseline, config["z_dim"], config["hidden"])
+        else:
+            raise KeyError(f"kind {kind!r}")
+        model.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} does not hold a model this library can build ({first})."
+        ) from None
+    return model
+
+
+def expect_config(checkpoint: dict, expected: dict, path: str | Path) -> None:
+    """Refuse a checkpoint whose configuration differs from what the run's configuration says."""
+    config = checkpoint.get("config", {})
+    wrong = {key: (config.get(key), value) for key, value in expected.items()
+             if config.get(key) != value}
+    if wrong:
+        details = ", ".join(f"{key} is {got!r} but the run says {want!r}"
+                            for key, (got, want) in wrong.items())
+        raise CheckpointError(
+            f"checkpoint {path} was made for another configuration: {details}. "
+            "Point at the run that made it, or re-run training."
+        )

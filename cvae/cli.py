@@ -1,0 +1,108 @@
+"""What train.py and evaluate.py share: argument types that reject bad values with a clear message,
+device selection, and the mapping of failures to one-paragraph errors and exit statuses."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import torch
+
+from .checkpoints import CheckpointError
+from .data import DataError
+from .training import NonFiniteLoss, TrainingInterrupted
+
+EXIT_USAGE = 2  # bad input: nothing was changed
+EXIT_FAILED = 1  # the run itself failed (e.g. a non-finite loss)
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """Bad input from the user: the message says what was wrong, what was expected, what to do."""
+
+
+def _integer(text: str, what: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid: {what} must be an integer of at least {minimum}.")
+    return value
+
+
+def positive_int(what: str) -> Callable[[str], int]:
+    return lambda text: _integer(text, what, 1)
+
+
+def non_negative_int(what: str) -> Callable[[str], int]:
+    return lambda text: _integer(text, what, 0)
+
+
+def quadrants(text: str) -> int:
+    if text not in ("1", "2", "3"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid: the number of input quadrants must be 1, 2 or 3 (the model "
+            "sees k of the four quadrants of a digit and predicts the rest), e.g. --quadrants 1 2 3.")
+    return int(text)
+
+
+def positive_float(what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not valid: {what} must be a positive finite number, e.g. 1e-3.")
+        return value
+    return parse
+
+
+def hidden_sizes(text: str) -> list[int]:
+    parts = text.replace("-", ",").split(",")
+    if not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid: hidden layer widths must be positive integers separated by "
+            "commas, e.g. --hidden 500,500.")
+    return [int(part) for part in parts]
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: cuda, then mps, then cpu. A named device that is not available is a UserError."""
+    mps = getattr(torch.backends, "mps", None)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": bool(mps and mps.is_available())}
+    if name == "auto":
+        return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
+    kind = name.split(":")[0]
+    if kind not in available:
+        raise UserError(f"--device {name!r} is not a device this program knows: use auto, cpu, "
+                        "cuda (or cuda:N) or mps.")
+    if not available[kind]:
+        raise UserError(f"--device {name} was asked for, but {kind} is not available on this "
+                        "machine (torch sees no such device). Use --device cpu or --device auto.")
+    return torch.device(name)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+
+
+def run(main: Callable[[], int]) -> int:
+    """Call main(); turn the failures a user can cause or meet into a message and an exit status."""
+    try:
+        return main()
+    except (UserError, DataError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingInterrupted as stopped:
+        print(f"\ninterrupted: {stopped}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except NonFiniteLoss as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,117 @@
+"""Estimators of the negative conditional log-likelihood -log p(y|x) of a CVAE, per image, in nats.
+
+With S samples of z, from the prior (Monte Carlo) or from the recognition net (importance sampling):
+
+    CLL_MC = -log (1/S) sum_s p(y|x,z_s),                              z_s ~ p(z|x)
+    CLL_IS = -log (1/S) sum_s p(y|x,z_s) p(z_s|x) / q(z_s|x,y),        z_s ~ q(z|x,y)
+    -ELBO  = KL(q(z|x,y) || p(z|x)) - (1/S) sum_s log p(y|x,z_s),      z_s ~ q(z|x,y)
+
+(Sohn et al. 2015, section 5.1 and eq. 4; Rezende et al. 2014, appendix E, for the importance-sampled
+estimate.) The first two are computed in log space with log-sum-exp. All three are upper bounds on
+-log p(y|x) in expectation, and the first two tighten as S grows. Images are processed in blocks and
+samples in chunks, so memory stays bounded for any number of images and any S.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from .distributions import DiagonalGaussian, kl_divergence
+from .models import CVAE, Context
+
+MAX_ROWS = 16384  # image-samples evaluated in one pass of the generation net
+IMAGE_BLOCK = 2048
+
+# log-weight of each sample: (model, x, y, context, posterior, prior, z) -> (chunk, N)
+LogWeight = Callable[[CVAE, torch.Tensor, torch.Tensor, Context, DiagonalGaussian,
+                      DiagonalGaussian, torch.Tensor], torch.Tensor]
+
+
+def _check(num_samples: int) -> None:
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+
+
+def _blocks(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+@torch.inference_mode()
+def _reduce_samples(
+    model: CVAE,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_samples: int,
+    proposal: str,
+    log_weight: LogWeight,
+    reduce: str,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Per image, log-mean-exp (reduce="logmeanexp") or mean (reduce="mean") of the log-weights of
+    num_samples draws of z from the proposal ("prior" or "posterior"). x, y: (N, 784) -> (N,)."""
+    _check(num_samples)
+    results = []
+    for block in _blocks(x.shape[0], IMAGE_BLOCK):
+        xb, yb = x[block], y[block]
+        context = model.context(xb)
+        prior = model.prior(xb, context)
+        posterior = model.posterior(xb, yb)
+        source = prior if proposal == "prior" else posterior
+        chunk = max(1, MAX_ROWS // xb.shape[0])
+        partial = []
+        for samples in _blocks(num_samples, chunk):
+            z = source.rsample((samples.stop - samples.start,), generator=generator)
+            weights = log_weight(model, xb, yb, context, posterior, prior, z)
+            if reduce == "logmeanexp":
+                partial.append(torch.logsumexp(weights, dim=0))
+            else:
+                partial.append(weights.sum(0))
+        stacked = torch.stack(partial)
+        if reduce == "logmeanexp":
+            results.append(torch.logsumexp(stacked, dim=0) - math.log(num_samples))
+        else:
+            results.append(stacked.sum(0) / num_samples)
+    return torch.cat(results)
+
+
+def _log_likelihood(model, x, y, context, posterior, prior, z):
+    return model.log_likelihood(x, y, z, context)
+
+
+def _importance_log_weight(model, x, y, context, posterior, prior, z):
+    """log [ p(y|x,z) p(z|x) / q(z|x,y) ]."""
+    return model.log_likelihood(x, y, z, context) + prior.log_prob(z) - posterior.log_prob(z)
+
+
+def cll_monte_carlo(
+    model: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """-log (1/S) sum_s p(y|x,z_s), z_s ~ p(z|x): x, y (N, 784) -> (N,) nats."""
+    return -_reduce_samples(model, x, y, num_samples, "prior", _log_likelihood,
+                            "logmeanexp", generator)
+
+
+def cll_importance(
+    model: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """-log (1/S) sum_s p(y|x,z_s) p(z_s|x) / q(z_s|x,y), z_s ~ q(z|x,y): (N, 784) -> (N,) nats."""
+    return -_reduce_samples(model, x, y, num_samples, "posterior", _importance_log_weight,
+                            "logmeanexp", generator)
+
+
+def _elbo_term(model, x, y, context, posterior, prior, z):
+    """log p(y|x,z) - KL(q(z|x,y) || p(z|x)), whose mean over z ~ q is the ELBO (eq. 4)."""
+    return model.log_likelihood(x, y, z, context) - kl_divergence(posterior, prior)
+
+
+def negative_elbo(
+    model: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """KL(q || p) - (1/S) sum_s log p(y|x,z_s), z_s ~ q(z|x,y) (closed-form KL): (N,) nats."""
+    return -_reduce_samples(model, x, y, num_samples, "posterior", _elbo_term, "mean", generator)

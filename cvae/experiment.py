@@ -1,0 +1,167 @@
+"""The quadrant experiment end to end: a run directory's layout, training one setting, evaluating a run.
+
+Run directory layout:
+    config.json                 the RunConfig, the environment (versions, machine) and the status
+    q{k}/baseline.pt, cvae.pt   best checkpoints (lowest validation loss) for k input quadrants
+    q{k}/*_state.pt             resumable training states
+    q{k}/history.json           per-epoch losses of both models
+    q{k}/per_image.pt           per-image negative CLL of every estimator on the test set
+    results.{json,csv,md}       the table;  samples_q{k}.png, training_curves.png  the figures
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import checkpoints, figures, report
+from .cli import UserError
+from .config import RunConfig
+from .data import Splits
+from .evaluation import per_image_cll, summarize
+from .models import CVAE, BaselineNet
+from .quadrants import MISSING, QuadrantTask
+from .training import FitSettings, StopFlag, fit
+
+
+@dataclass(frozen=True)
+class SettingPaths:
+    root: Path
+
+    @property
+    def baseline(self) -> Path:
+        return self.root / "baseline.pt"
+
+    @property
+    def cvae(self) -> Path:
+        return self.root / "cvae.pt"
+
+    @property
+    def baseline_state(self) -> Path:
+        return self.root / "baseline_state.pt"
+
+    @property
+    def cvae_state(self) -> Path:
+        return self.root / "cvae_state.pt"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.json"
+
+    @property
+    def per_image(self) -> Path:
+        return self.root / "per_image.pt"
+
+
+def setting_paths(run_dir: Path, k: int) -> SettingPaths:
+    return SettingPaths(Path(run_dir) / f"q{k}")
+
+
+def task_data(images: torch.Tensor, task: QuadrantTask, binarize: bool,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) on the device; with binarize, the targets y are thresholded at 0.5."""
+    x, y = task.split(images.to(device))
+    if binarize:
+        y = torch.where(y == MISSING, y, (y > 0.5).to(y.dtype))
+    return x, y
+
+
+@torch.no_grad()
+def fill(baseline: BaselineNet, x: torch.Tensor, block: int = 4096) -> torch.Tensor:
+    """The baseline's x_filled for a whole dataset, computed once: (N, 784)."""
+    baseline.eval()
+    return torch.cat([baseline.fill(part) for part in x.split(block)])
+
+
+def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, device: torch.device,
+                  stop: StopFlag | None = None, progress: bool = True) -> dict[str, list[dict]]:
+    """Train the baseline, then the CVAE on top of its best checkpoint, for k input quadrants.
+
+    Returns both histories. Stages already finished in run_dir are skipped, unfinished ones resumed.
+    """
+    paths = setting_paths(run_dir, k)
+    task = QuadrantTask(k)
+    train_images = splits.train if config.train_subset is None else splits.train[:config.train_subset]
+    train = task_data(train_images, task, config.binarize, device)
+    val = task_data(splits.val, task, config.binarize, device)
+    settings = FitSettings(config.epochs, config.patience, config.batch_size, config.lr, config.seed)
+
+    torch.manual_seed(config.seed * 10 + k)  # initial weights, the same whether resumed or not
+    baseline = BaselineNet(k, config.hidden).to(device)
+    histories = {"baseline": fit(baseline, train, val, settings, paths.baseline,
+                                 paths.baseline_state, stop, progress, f"q{k} baseline")}
+
+    torch.manual_seed(config.seed * 10 + k + 5)
+    best_baseline = load_model(paths.baseline, "baseline", k, config, device)
+    cvae = CVAE(best_baseline, config.z_dim, config.hidden).to(device)
+    train, val = (*train, fill(best_baseline, train[0])), (*val, fill(best_baseline, val[0]))
+    histories["cvae"] = fit(cvae, train, val, settings, paths.cvae, paths.cvae_state, stop,
+                            progress, f"q{k} cvae")
+    checkpoints.write_json(paths.history, histories)
+    return histories
+
+
+def read_run(run_dir: Path) -> dict:
+    """The saved config.json of a run directory, or a UserError saying why it is not a run."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (it has no config.json). Give the "
+                            "directory that train.py --out wrote.")
+    try:
+        saved = json.loads(path.read_text())
+        RunConfig.from_dict(saved["config"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path} is unreadable ({error}); it was not written by train.py "
+                            "or has been edited. Start a new run with --out.") from None
+    return saved
+
+
+def load_model(path: Path, kind: str, k: int, config: RunConfig,
+               device: torch.device) -> BaselineNet | CVAE:
+    """Load a best checkpoint and check it matches the run's configuration for setting k."""
+    checkpoint = checkpoints.load(path)
+    if checkpoint.get("kind") != kind:
+        raise checkpoints.CheckpointError(
+            f"checkpoint {path} holds a {checkpoint.get('kind')!r} model, expected {kind!r}.")
+    expected = {"num_quadrants": k, "hidden": list(config.hidden)}
+    if kind == "cvae":
+        expected["z_dim"] = config.z_dim
+    checkpoints.expect_config(checkpoint, expected, path)
+    return checkpoints.build_model(checkpoint, path).to(device)
+
+
+def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch.device,
+                 num_samples: int, test_subset: int | None = None,
+                 progress: bool = True) -> tuple[dict, str]:
+    """Evaluate every trained setting of a run on the test set; write the tables and figures.
+
+    Returns the results dict (also in results.json) and the markdown table.
+    """
+    test_images = splits.test if test_subset is None else splits.test[:test_subset]
+    results: dict = {"dataset": config.dataset, "protocol": config.protocol,
+                     "num_samples": num_samples, "test_examples": int(test_images.shape[0])}
+    histories = {}
+    # one test digit of each class, the first in test order, for the sample grids
+    shown = torch.stack([(splits.test_labels == c).nonzero()[0, 0] for c in range(10)])
+    for k in config.quadrants:
+        paths = setting_paths(run_dir, k)
+        baseline = load_model(paths.baseline, "baseline", k, config, device)
+        cvae = load_model(paths.cvae, "cvae", k, config, device)
+        task = QuadrantTask(k)
+        x, y = task_data(test_images, task, config.binarize, device)
+        started = time.perf_counter()
+        values = per_image_cll(baseline, cvae, x, y, num_samples, config.seed, progress, f"q{k}")
+        results[str(k)] = summarize(values) | {"seconds": time.perf_counter() - started}
+        checkpoints.save(values, paths.per_image)
+        xs, ys = task_data(splits.test[shown], task, config.binarize, device)
+        figures.sample_grid(baseline, cvae, xs, ys, Path(run_dir) / f"samples_q{k}.png",
+                            seed=config.seed, title=f"{k} input quadrant{'s' if k > 1 else ''}")
+        if paths.history.exists():
+            histories[str(k)] = json.loads(paths.history.read_text())
+    if histories:
+        figures.training_curves(histories, Path(run_dir) / "training_curves.png")
+    return results, report.write_results(Path(run_dir), results)

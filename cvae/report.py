@@ -1,0 +1,51 @@
+"""Tables of results: results.json, results.csv and results.md in a run directory (written atomically)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from .checkpoints import write_json, write_text
+from .evaluation import ROW_NAMES
+
+
+def _settings(results: dict) -> list[str]:
+    return sorted(key for key in results if key.isdigit())
+
+
+def _row_label(key: str, results: dict) -> str:
+    label = ROW_NAMES[key]
+    if key in ("cvae_elbo", "cvae_mc", "cvae_is"):
+        label += f" (S={results['num_samples']})"
+    return label
+
+
+def markdown_table(results: dict) -> str:
+    """The table of negative CLL (nats per test image, mean ± standard error), one column per setting."""
+    settings = _settings(results)
+    header = "| negative CLL (nats) | " + " | ".join(
+        f"{k} quadrant{'s' if k != '1' else ''}" for k in settings) + " |"
+    lines = [header, "|---" * (len(settings) + 1) + "|"]
+    for key in ROW_NAMES:
+        cells = [f"{results[k][key]['mean']:.2f} ± {results[k][key]['sem']:.2f}" for k in settings]
+        lines.append(f"| {_row_label(key, results)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"{results['dataset']}, {results['protocol']} targets, "
+                 f"{results['test_examples']} test images; ± is the standard error over images.")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(run_dir: Path, results: dict) -> str:
+    """Write results.json, results.csv and results.md into run_dir; return the markdown table."""
+    write_json(run_dir / "results.json", results)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["row", "setting", "mean", "sem"])
+    for key in ROW_NAMES:
+        for k in _settings(results):
+            writer.writerow([key, k, f"{results[k][key]['mean']:.6f}", f"{results[k][key]['sem']:.6f}"])
+    write_text(run_dir / "results.csv", buffer.getvalue())
+    table = markdown_table(results)
+    write_text(run_dir / "results.md", table)
+    return table

@@ -1,0 +1,150 @@
+"""Train the baseline and the CVAE on the MNIST quadrant task, then evaluate them on the test set.
+
+    python train.py                          # the paper's experiment: 1, 2 and 3 input quadrants
+    python train.py --quadrants 2 --epochs 5 --out runs/quick
+    python train.py --resume runs/default    # continue an interrupted run
+
+For each setting: the baseline NN is trained first (early stopping on the validation loss), then
+frozen; the CVAE is trained on top of it. Then every setting is evaluated (evaluate.py does the same
+for a saved run) and the table and figures are written into the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from cvae import checkpoints, cli
+from cvae.config import RunConfig, environment
+from cvae.data import DATASETS, load_splits
+from cvae.experiment import evaluate_run, read_run, train_setting
+from cvae.training import StopFlag, TrainingInterrupted
+
+RUN_ARTIFACTS = ("config.json", "results.json", "results.csv", "results.md", "training_curves.png")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = RunConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quadrants", type=cli.quadrants, nargs="+", default=defaults.quadrants,
+                   help="input quadrant settings to run (default: 1 2 3)")
+    p.add_argument("--epochs", type=cli.positive_int("--epochs"), default=defaults.epochs)
+    p.add_argument("--patience", type=cli.positive_int("--patience"), default=defaults.patience,
+                   help="epochs without improvement of the validation loss before stopping")
+    p.add_argument("--batch-size", type=cli.positive_int("--batch-size"),
+                   default=defaults.batch_size)
+    p.add_argument("--lr", type=cli.positive_float("--lr"), default=defaults.lr)
+    p.add_argument("--z-dim", type=cli.positive_int("--z-dim"), default=defaults.z_dim)
+    p.add_argument("--hidden", type=cli.hidden_sizes, default=defaults.hidden,
+                   help="hidden layer widths of every network, e.g. 500,500")
+    p.add_argument("--seed", type=cli.non_negative_int("--seed"), default=defaults.seed)
+    p.add_argument("--dataset", choices=DATASETS, default=defaults.dataset)
+    p.add_argument("--binarize", action="store_true",
+                   help="binarize the targets at 0.5 (default: grayscale targets, as the tutorial)")
+    p.add_argument("--data-dir", default=defaults.data_dir)
+    p.add_argument("--train-subset", type=cli.positive_int("--train-subset"), default=None,
+                   metavar="N", help="train on the first N training images only (smoke runs)")
+    p.add_argument("--num-samples", type=cli.positive_int("--num-samples"),
+                   default=defaults.num_samples, help="S, samples of z per test image")
+    p.add_argument("--no-eval", action="store_true", help="train only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli.add_device_argument(p)
+    p.add_argument("--out", default="runs/default", help="run directory (default: runs/default)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out")
+    group.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue an interrupted run (its saved configuration is used)")
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        quadrants=sorted(set(args.quadrants)), epochs=args.epochs, patience=args.patience,
+        batch_size=args.batch_size, lr=args.lr, z_dim=args.z_dim, hidden=args.hidden,
+        seed=args.seed, dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
+        train_subset=args.train_subset, num_samples=args.num_samples)
+
+
+def choose_run(args: argparse.Namespace) -> tuple[Path, RunConfig, bool]:
+    """The run directory and configuration, after checking that nothing will be overwritten
+    silently. Returns (run_dir, config, resuming)."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        return run_dir, RunConfig.from_dict(read_run(run_dir)["config"]), True
+    run_dir = Path(args.out)
+    config = config_from_args(args)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise cli.UserError(f"--out {run_dir} is a file, not a directory. Choose another --out.")
+    if (run_dir / "config.json").exists():
+        if not args.overwrite:
+            raise cli.UserError(
+                f"{run_dir} already holds a run. Nothing was changed. Use --resume {run_dir} to "
+                f"continue it, --overwrite to replace it, or --out to start a new one elsewhere.")
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        raise cli.UserError(f"--out {run_dir} is a directory with other files in it, not a run. "
+                            "Choose a new or empty directory for --out.")
+    if config.train_subset is not None and config.train_subset < config.batch_size:
+        raise cli.UserError(f"--train-subset {config.train_subset} is smaller than --batch-size "
+                            f"{config.batch_size}: use at least one full batch of images.")
+    return run_dir, config, False
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove what train.py wrote in run_dir (for --overwrite), and nothing else."""
+    for name in RUN_ARTIFACTS:
+        (run_dir / name).unlink(missing_ok=True)
+    for k in (1, 2, 3):
+        shutil.rmtree(run_dir / f"q{k}", ignore_errors=True)
+        (run_dir / f"samples_q{k}.png").unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
+    args = parse_args(argv)
+    device = cli.resolve_device(args.device)
+    run_dir, config, resuming = choose_run(args)
+    splits = load_splits(config.data_dir, config.dataset)
+    if config.train_subset is not None and config.train_subset > splits.train.shape[0]:
+        raise cli.UserError(f"--train-subset {config.train_subset} is larger than the "
+                            f"{splits.train.shape[0]} training images.")
+    if args.overwrite:
+        clear_run(run_dir)
+    saved = read_run(run_dir) if resuming else {"config": config.to_dict(), "finished": False}
+    saved["environment"] = environment()
+    checkpoints.write_json(run_dir / "config.json", saved)
+
+    stop = stop or StopFlag()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    started = time.perf_counter()
+    try:
+        for k in config.quadrants:
+            train_setting(config, k, splits, run_dir, device, stop, not args.no_progress)
+    except TrainingInterrupted as stopped:
+        raise TrainingInterrupted(f"{stopped}. The resumable state is saved; continue with: "
+                                  f"python train.py --resume {run_dir}") from None
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
+                          else signal.SIG_DFL)
+    saved["finished"] = True
+    saved["train_seconds"] = saved.get("train_seconds", 0.0) + time.perf_counter() - started
+    checkpoints.write_json(run_dir / "config.json", saved)
+    print(f"trained {config.quadrants} in {time.perf_counter() - started:.0f} s on {device}; "
+          f"checkpoints in {run_dir}", file=sys.stderr)
+
+    if not args.no_eval:
+        started = time.perf_counter()
+        _, table = evaluate_run(run_dir, config, splits, device, config.num_samples,
+                                progress=not args.no_progress)
+        print(f"evaluated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
