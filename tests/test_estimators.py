@@ -1,0 +1,129 @@
+"""The CLL estimators against log p(y|x) computed by numerical quadrature over z, on CVAEs whose latent
+space is small enough (1 and 2 dimensions) to integrate on a grid."""
+
+import math
+
+import pytest
+import torch
+
+from cvae import CVAE, BaselineNet, QuadrantTask
+from cvae.estimators import cll_importance, cll_monte_carlo, negative_elbo
+from cvae.objectives import elbo
+
+NUM_IMAGES = 4
+
+
+def small_cvae(z_dim: int, seed: int = 0) -> CVAE:
+    """A CVAE in float64 with tiny networks, whose likelihood varies over a few nats across z."""
+    torch.manual_seed(seed)
+    model = CVAE(BaselineNet(3, hidden=(8,)), z_dim=z_dim, hidden=(8,)).double().eval()
+    with torch.no_grad():
+        model.generation_net.from_z.weight.mul_(3.0)
+        model.recognition_net[-1].bias[z_dim:].add_(1.0)  # q(z|x,y) wider than p(z|x,y): covers it
+    return model
+
+
+def images(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    pixels = torch.rand(NUM_IMAGES, 784, generator=torch.Generator().manual_seed(seed))
+    return QuadrantTask(3).split(pixels.double())
+
+
+def grid_axis(model: CVAE, x, y, points: int, width: float = 10.0) -> torch.Tensor:
+    """A 1-D grid covering both the prior and the posterior of every image, +- width std."""
+    with torch.no_grad():
+        prior, posterior = model.prior(x), model.posterior(x, y)
+    lo = torch.minimum(prior.loc - width * prior.scale, posterior.loc - width * posterior.scale).min()
+    hi = torch.maximum(prior.loc + width * prior.scale, posterior.loc + width * posterior.scale).max()
+    return torch.linspace(lo.item(), hi.item(), points, dtype=torch.float64)
+
+
+@torch.no_grad()
+def quadrature_cll(model: CVAE, x, y, points: int) -> torch.Tensor:
+    """-log p(y|x) = -log integral p(y|x,z) p(z|x) dz by the midpoint rule on a dense grid: (N,)."""
+    axis = grid_axis(model, x, y, points)
+    step = (axis[1] - axis[0]).item()
+    grid = torch.cartesian_prod(*[axis] * model.z_dim).reshape(-1, model.z_dim)
+    prior = model.prior(x)
+    log_terms = []
+    for chunk in grid.split(20_000):
+        z = chunk[:, None, :].expand(-1, x.shape[0], -1)
+        log_terms.append(model.log_likelihood(x, y, z) + prior.log_prob(z))
+    return -(torch.logsumexp(torch.cat(log_terms), dim=0) + model.z_dim * math.log(step))
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["z1", "z2"])
+def setup(request):
+    z_dim = request.param
+    model = small_cvae(z_dim)
+    x, y = images()
+    exact = quadrature_cll(model, x, y, points=10_001 if z_dim == 1 else 601)
+    return model, x, y, exact
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_quadrature_is_converged(setup):
+    model, x, y, exact = setup
+    coarse = quadrature_cll(model, x, y, points=2_001 if model.z_dim == 1 else 301)
+    torch.testing.assert_close(coarse, exact, atol=5e-3, rtol=0)
+
+
+def test_negative_elbo_lies_above_the_true_cll(setup):
+    model, x, y, exact = setup
+    bound = negative_elbo(model, x, y, 20_000, gen())
+    assert (bound > exact + 0.05).all(), (bound, exact)
+
+
+def test_importance_sampling_converges_to_the_true_cll(setup):
+    model, x, y, exact = setup
+    estimate = cll_importance(model, x, y, 50_000, gen())
+    torch.testing.assert_close(estimate, exact, atol=0.03, rtol=0)
+
+
+def test_monte_carlo_converges_to_the_true_cll(setup):
+    model, x, y, exact = setup
+    estimate = cll_monte_carlo(model, x, y, 50_000, gen())
+    torch.testing.assert_close(estimate, exact, atol=0.03, rtol=0)
+
+
+def test_estimators_are_upper_bounds_that_tighten_as_samples_grow(setup):
+    """Averaged over repeats, the error of a log-mean-exp estimate is positive and shrinks with S."""
+    model, x, y, exact = setup
+    for estimator in (cll_importance, cll_monte_carlo):
+        errors = []
+        for samples in (2, 20, 2000):
+            repeats = torch.stack([estimator(model, x, y, samples, gen(seed)) for seed in range(30)])
+            errors.append((repeats.mean(0) - exact).mean().item())
+        assert errors[0] > errors[1] > errors[2] > -0.01, (estimator.__name__, errors)
+        assert errors[0] > 0.01, (estimator.__name__, errors)
+
+
+def test_negative_elbo_estimator_equals_the_training_objective_on_the_same_noise(setup, monkeypatch):
+    import cvae.estimators as estimators
+    model, x, y, _ = setup
+    monkeypatch.setattr(estimators, "MAX_ROWS", 10**9)  # one chunk: the same draws as elbo()
+    estimate = negative_elbo(model, x, y, 1000, gen(1))
+    with torch.no_grad():
+        objective = -elbo(model, x, y, 1000, gen(1))
+    torch.testing.assert_close(estimate, objective)
+
+
+def test_estimates_are_right_when_images_and_samples_are_split_into_many_chunks(setup, monkeypatch):
+    import cvae.estimators as estimators
+    model, x, y, exact = setup
+    monkeypatch.setattr(estimators, "MAX_ROWS", 1000)  # chunks of 333 and 1000 samples
+    monkeypatch.setattr(estimators, "IMAGE_BLOCK", 3)  # blocks of 3 and 1 images
+    for estimator in (cll_importance, cll_monte_carlo):
+        estimate = estimator(model, x, y, 50_000, gen(3))
+        assert estimate.shape == (NUM_IMAGES,)
+        torch.testing.assert_close(estimate, exact, atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5])
+def test_a_non_positive_number_of_samples_is_rejected(bad):
+    model = small_cvae(1)
+    x, y = images()
+    with pytest.raises(ValueError, match="positive integer"):
+        cll_importance(model, x, y, bad)
