@@ -1,4 +1,5 @@
-"""Training objectives, per image: the baseline's log-likelihood and the CVAE's ELBO.
+"""Training objectives, per image (Sohn et al. 2015, section 4): the CVAE's ELBO, the GSNN objective and
+their hybrid, and the baseline's exact log-likelihood.
 
 The training losses are the negatives of these, averaged over a batch (``training_loss``).
 """
@@ -9,6 +10,8 @@ import torch
 
 from .distributions import kl_divergence
 from .models import CVAE, BaselineNet
+
+OBJECTIVES = ("cvae", "gsnn", "hybrid")
 
 
 def elbo(
@@ -33,6 +36,39 @@ def elbo(
     return reconstruction - kl_divergence(posterior, model.prior(x, context))
 
 
+def gsnn_objective(
+    model: CVAE,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    filled: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The Gaussian stochastic neural network's objective, per image (Sohn et al. 2015, eq. 9):
+
+        L_GSNN(x, y) = (1/L) sum_{l=1}^{L} log p(y|x, z_l),   z_l ~ p(z|x) (reparameterized),
+
+    the ELBO with the prior network as the proposal, so training samples z as testing does and the
+    recognition network is not used. x, y: (N, 784) -> (N,).
+    """
+    context = model.context(x, filled)
+    z = model.prior(x, context).rsample((num_samples,), generator=generator)
+    return model.log_likelihood(x, y, z, context).mean(0)
+
+
+def hybrid_objective(
+    model: CVAE,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alpha: float,
+    generator: torch.Generator | None = None,
+    filled: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """alpha * ELBO + (1 - alpha) * L_GSNN, per image, one sample of z each (Sohn et al. 2015, eq. 10)."""
+    return (alpha * elbo(model, x, y, 1, generator, filled)
+            + (1 - alpha) * gsnn_objective(model, x, y, 1, generator, filled))
+
+
 def training_loss(
     model: BaselineNet | CVAE,
     x: torch.Tensor,
@@ -40,9 +76,18 @@ def training_loss(
     filled: torch.Tensor | None = None,
     *,
     generator: torch.Generator | None = None,
+    objective: str = "cvae",
+    alpha: float = 0.5,
 ) -> torch.Tensor:
-    """The batch-mean loss each model is trained on, in nats per image:
-    the baseline's -log p(y|x) (exact), the CVAE's negative ELBO with one sample of z."""
-    if isinstance(model, CVAE):
+    """The batch-mean loss a model is trained on, in nats per image: the baseline's -log p(y|x)
+    (exact); for the CVAE the negative of its objective ("cvae": the ELBO, "gsnn", or "hybrid" with
+    weight alpha on the ELBO), with one sample of z."""
+    if not isinstance(model, CVAE):
+        return -model.log_likelihood(x, y).mean()
+    if objective == "cvae":
         return -elbo(model, x, y, 1, generator, filled).mean()
-    return -model.log_likelihood(x, y).mean()
+    if objective == "gsnn":
+        return -gsnn_objective(model, x, y, 1, generator, filled).mean()
+    if objective == "hybrid":
+        return -hybrid_objective(model, x, y, alpha, generator, filled).mean()
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")

@@ -1,5 +1,5 @@
-"""The CLL estimators against log p(y|x) computed by numerical quadrature over z, on CVAEs whose latent
-space is small enough (1 and 2 dimensions) to integrate on a grid."""
+"""The CLL estimators and the training objectives against integrals computed by numerical quadrature
+over z, on CVAEs whose latent space is small enough (1 and 2 dimensions) to integrate on a grid."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch
 
 from cvae import CVAE, BaselineNet, QuadrantTask
 from cvae.estimators import cll_importance, cll_monte_carlo, negative_elbo
-from cvae.objectives import elbo
+from cvae.objectives import elbo, gsnn_objective, hybrid_objective, training_loss
 
 NUM_IMAGES = 4
 
@@ -38,17 +38,30 @@ def grid_axis(model: CVAE, x, y, points: int, width: float = 10.0) -> torch.Tens
 
 
 @torch.no_grad()
-def quadrature_cll(model: CVAE, x, y, points: int) -> torch.Tensor:
-    """-log p(y|x) = -log integral p(y|x,z) p(z|x) dz by the midpoint rule on a dense grid: (N,)."""
+def on_grid(model: CVAE, x, y, points: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """log p(y|x,z) and log p(z|x) at every point z of a dense grid: (G, N) each, and the cell volume."""
     axis = grid_axis(model, x, y, points)
-    step = (axis[1] - axis[0]).item()
+    volume = (axis[1] - axis[0]).item() ** model.z_dim
     grid = torch.cartesian_prod(*[axis] * model.z_dim).reshape(-1, model.z_dim)
     prior = model.prior(x)
-    log_terms = []
+    log_likelihood, log_prior = [], []
     for chunk in grid.split(20_000):
         z = chunk[:, None, :].expand(-1, x.shape[0], -1)
-        log_terms.append(model.log_likelihood(x, y, z) + prior.log_prob(z))
-    return -(torch.logsumexp(torch.cat(log_terms), dim=0) + model.z_dim * math.log(step))
+        log_likelihood.append(model.log_likelihood(x, y, z))
+        log_prior.append(prior.log_prob(z))
+    return torch.cat(log_likelihood), torch.cat(log_prior), volume
+
+
+def quadrature_cll(model: CVAE, x, y, points: int) -> torch.Tensor:
+    """-log p(y|x) = -log integral p(y|x,z) p(z|x) dz by the midpoint rule: (N,)."""
+    log_likelihood, log_prior, volume = on_grid(model, x, y, points)
+    return -(torch.logsumexp(log_likelihood + log_prior, dim=0) + math.log(volume))
+
+
+def quadrature_expected_log_likelihood(model: CVAE, x, y, points: int) -> torch.Tensor:
+    """E_{p(z|x)}[log p(y|x,z)] = integral p(z|x) log p(y|x,z) dz by the midpoint rule: (N,)."""
+    log_likelihood, log_prior, volume = on_grid(model, x, y, points)
+    return (log_prior.exp() * log_likelihood).sum(0) * volume
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["z1", "z2"])
@@ -119,6 +132,30 @@ def test_estimates_are_right_when_images_and_samples_are_split_into_many_chunks(
         estimate = estimator(model, x, y, 50_000, gen(3))
         assert estimate.shape == (NUM_IMAGES,)
         torch.testing.assert_close(estimate, exact, atol=0.03, rtol=0)
+
+
+def test_gsnn_objective_converges_to_the_expected_log_likelihood_under_the_prior(setup):
+    model, x, y, exact_cll = setup
+    expected = quadrature_expected_log_likelihood(model, x, y, 10_001 if model.z_dim == 1 else 601)
+    with torch.no_grad():
+        estimate = gsnn_objective(model, x, y, 50_000, gen(4))
+        z = model.prior(x).rsample((50_000,), generator=gen(6))
+        standard_error = model.log_likelihood(x, y, z).std(0) / math.sqrt(50_000)
+    assert ((estimate - expected).abs() < 4 * standard_error).all(), (estimate, expected, standard_error)
+    assert (-expected > exact_cll + 0.01).all()  # Jensen: below log p(y|x), so above the CLL
+
+
+def test_hybrid_objective_is_the_alpha_mixture_of_elbo_and_gsnn(setup):
+    model, x, y, _ = setup
+    with torch.no_grad():
+        noise = gen(5)
+        cvae_part, gsnn_part = elbo(model, x, y, 1, noise), gsnn_objective(model, x, y, 1, noise)
+        torch.testing.assert_close(hybrid_objective(model, x, y, 0.3, gen(5)),
+                                   0.3 * cvae_part + 0.7 * gsnn_part)
+        loss = training_loss(model, x, y, generator=gen(5), objective="hybrid", alpha=0.3)
+        torch.testing.assert_close(loss, -(0.3 * cvae_part + 0.7 * gsnn_part).mean())
+        with pytest.raises(ValueError, match="objective must be one of"):
+            training_loss(model, x, y, objective="vae")
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5])
