@@ -22,7 +22,10 @@ import torch
 from .distributions import DiagonalGaussian, kl_divergence
 from .models import CVAE, Context
 
-MAX_ROWS = 16384  # image-samples evaluated in one pass of the generation net
+# Image-samples evaluated in one pass of the generation net. Kept small enough that every activation
+# stays under glibc's 32 MB mmap threshold: larger buffers are mapped fresh and page-faulted on every
+# chunk, which made evaluation 3.6x slower on CPU (benchmarks/bench_eval.py).
+MAX_ROWS = 4096
 IMAGE_BLOCK = 2048
 
 # log-weight of each sample: (model, x, y, context, posterior, prior, z) -> (chunk, N)
