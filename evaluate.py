@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = cli.resolve_device(args.device)
     run_dir = Path(args.run_dir)
-    config = RunConfig.from_dict(read_run(run_dir)["config"])
+    saved = read_run(run_dir)
+    if not saved.get("finished"):
+        raise cli.UserError(f"{run_dir} has not finished training (it was interrupted or stopped early), so "
+                            f"it has no complete checkpoints to evaluate. Continue it first with: "
+                            f"python train.py --resume {run_dir}")
+    config = RunConfig.from_dict(saved["config"])
     splits = load_splits(args.data_dir or config.data_dir, config.dataset)
     num_samples = args.num_samples or config.num_samples
     _, table = evaluate_run(run_dir, config, splits, device, num_samples, args.test_subset,

@@ -12,6 +12,7 @@ for a saved run) and the table and figures are written into the run directory.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -58,8 +59,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     group.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --out")
     group.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue an interrupted run (its saved configuration is used)")
-    return p.parse_args(argv)
+                       help="continue an interrupted run with its saved configuration (options that would "
+                       "change it are refused; --data-dir, --device, --no-eval, --no-progress may be given)")
+    args = p.parse_args(argv)
+    # parsed again with every default None, to tell which options were given (see choose_run)
+    p.set_defaults(**dict.fromkeys(vars(args)))
+    args.given = {name for name, value in vars(p.parse_args(argv)).items() if value is not None}
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -75,11 +81,17 @@ def choose_run(args: argparse.Namespace) -> tuple[Path, RunConfig, bool]:
     silently. Returns (run_dir, config, resuming)."""
     if args.resume:
         run_dir = Path(args.resume)
-        return run_dir, RunConfig.from_dict(read_run(run_dir)["config"]), True
+        config = RunConfig.from_dict(read_run(run_dir)["config"])
+        check_resume_options(args, run_dir, config)
+        if "data_dir" in args.given:  # where the data is, not what it is: its MD5s are checked
+            config.data_dir = args.data_dir
+        check_writable(run_dir)
+        return run_dir, config, True
     run_dir = Path(args.out)
     config = config_from_args(args)
     if run_dir.exists() and not run_dir.is_dir():
         raise cli.UserError(f"--out {run_dir} is a file, not a directory. Choose another --out.")
+    check_writable(run_dir)
     if (run_dir / "config.json").exists():
         if not args.overwrite:
             raise cli.UserError(
@@ -92,6 +104,28 @@ def choose_run(args: argparse.Namespace) -> tuple[Path, RunConfig, bool]:
         raise cli.UserError(f"--train-subset {config.train_subset} is smaller than --batch-size "
                             f"{config.batch_size}: use at least one full batch of images.")
     return run_dir, config, False
+
+
+def check_resume_options(args: argparse.Namespace, run_dir: Path, config: RunConfig) -> None:
+    """--resume continues a run with its saved configuration: refuse options that would change it."""
+    saved, asked = config.to_dict(), config_from_args(args).to_dict()
+    changed = [f"--{name.replace('_', '-')} {asked[name]} (the run has {saved[name]})"
+               for name in sorted(args.given & set(saved) - {"data_dir"}) if asked[name] != saved[name]]
+    if "out" in args.given and Path(args.out).resolve() != run_dir.resolve():
+        changed.append(f"--out {args.out}")
+    if changed:
+        raise cli.UserError(
+            f"--resume {run_dir} continues that run with the configuration it was started with, but "
+            f"{', '.join(changed)} was also given. Leave those options out to continue it, or start a "
+            "new run with --out.")
+
+
+def check_writable(run_dir: Path) -> None:
+    """Refuse a run directory that cannot be created or written, before anything is done."""
+    existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise cli.UserError(f"cannot write the run directory {run_dir}: {existing} is not a writable "
+                            "directory. Choose another --out, or fix its permissions.")
 
 
 def clear_run(run_dir: Path) -> None:
@@ -136,6 +170,9 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
     checkpoints.write_json(run_dir / "config.json", saved)
     print(f"trained {config.quadrants} in {time.perf_counter() - started:.0f} s on {device}; "
           f"checkpoints in {run_dir}", file=sys.stderr)
+    if stop.requested and not args.no_eval:  # the signal came after the last training step
+        raise TrainingInterrupted(f"training of {run_dir} is finished, but its evaluation was skipped. "
+                                  f"Evaluate it with: python evaluate.py {run_dir}")
 
     if not args.no_eval:
         started = time.perf_counter()

@@ -23,6 +23,18 @@ class CheckpointError(Exception):
     """A checkpoint is missing, truncated, unsafe, or does not match the run's configuration."""
 
 
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def describe(error: BaseException) -> str:
+    """The informative part of a torch loading error, on one line (without torch's boilerplate, which
+    suggests loading with weights_only=False)."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.strip().startswith(_TORCH_BOILERPLATE)]
+    text = " ".join(lines[:2]).rstrip(" .") if lines else type(error).__name__
+    return text if len(text) <= 300 else text[:300] + " [...]"
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds, fsync it and rename it over
@@ -59,18 +71,19 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """torch.load with weights_only=True; a clear CheckpointError for a missing, corrupt or unsafe file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist.")
+        raise CheckpointError(f"checkpoint {path} does not exist: the run is unfinished, or the file was "
+                              "moved or deleted. Give the directory train.py wrote, or re-run training.")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises pickle, zip and runtime errors here
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"checkpoint {path} cannot be loaded safely: {reason}. It is truncated, corrupt, or "
+            f"checkpoint {path} cannot be loaded safely: {describe(error)}. It is truncated, corrupt, or "
             "holds objects that only arbitrary unpickling could rebuild (refused for safety). "
             "Re-run training to recreate it."
         ) from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict.")
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not the dict this library "
+                              "writes. Point at a checkpoint train.py wrote, or re-run training.")
     return obj
 
 
@@ -97,9 +110,9 @@ def build_model(checkpoint: dict, path: str | Path = "<checkpoint>") -> Baseline
             raise KeyError(f"kind {kind!r}")
         model.load_state_dict(checkpoint["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"checkpoint {path} does not hold a model this library can build ({first})."
+            f"checkpoint {path} does not hold a model this library can build ({describe(error)}). "
+            "Point at the run that made it, or re-run training."
         ) from None
     return model
 

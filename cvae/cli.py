@@ -64,7 +64,7 @@ def positive_float(what: str) -> Callable[[str], float]:
 
 def hidden_sizes(text: str) -> list[int]:
     parts = text.replace("-", ",").split(",")
-    if not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+    if not all(part.strip().isdecimal() and int(part) > 0 for part in parts):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not valid: hidden layer widths must be positive integers separated by "
             "commas, e.g. --hidden 500,500.")
@@ -85,7 +85,14 @@ def resolve_device(name: str) -> torch.device:
     if not available[kind]:
         raise UserError(f"--device {name} was asked for, but {kind} is not available on this "
                         "machine (torch sees no such device). Use --device cpu or --device auto.")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or (kind == "cuda" and (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {name} is not a device on this machine: use cpu, mps, cuda or "
+                        f"cuda:N with N below {torch.cuda.device_count()} (the number of CUDA devices).")
+    return device
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +110,16 @@ def run(main: Callable[[], int]) -> int:
     except TrainingInterrupted as stopped:
         print(f"\ninterrupted: {stopped}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # outside the training loop, which turns signals into TrainingInterrupted
+        print("\ninterrupted. Every file already written is complete (each is written to a temporary "
+              "file and renamed into place); run the command again to redo what was left.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except NonFiniteLoss as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as error:  # a full disk, a missing permission, a directory where a file should be
+        print(f"error: could not read or write a file: {error}. Files already there are intact (each "
+              "is written to a temporary file and renamed into place). Free some space or fix the "
+              "path or its permissions, then run again (python train.py --resume RUN_DIR continues "
+              "an interrupted training run).", file=sys.stderr)
         return EXIT_FAILED

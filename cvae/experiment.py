@@ -147,10 +147,12 @@ def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch
     histories = {}
     # one test digit of each class, the first in test order, for the sample grids
     shown = torch.stack([(splits.test_labels == c).nonzero()[0, 0] for c in range(10)])
-    for k in config.quadrants:
+    # every checkpoint is loaded and checked before anything is written
+    models = {k: (load_model(setting_paths(run_dir, k).baseline, "baseline", k, config, device),
+                  load_model(setting_paths(run_dir, k).cvae, "cvae", k, config, device))
+              for k in config.quadrants}
+    for k, (baseline, cvae) in models.items():
         paths = setting_paths(run_dir, k)
-        baseline = load_model(paths.baseline, "baseline", k, config, device)
-        cvae = load_model(paths.cvae, "cvae", k, config, device)
         task = QuadrantTask(k)
         x, y = task_data(test_images, task, config.binarize, device)
         started = time.perf_counter()

@@ -103,10 +103,7 @@ def fit(
 
     state = _fresh_state(settings.seed)
     if state_path.exists():
-        state = checkpoints.load(state_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        noise.set_state(state["noise_rng"])
+        state = _resume(state_path, model, optimizer, noise)
     if state["finished"]:
         return state["history"]
 
@@ -164,13 +161,34 @@ def fit(
     return state["history"]
 
 
+def _resume(state_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+            noise: torch.Generator) -> dict:
+    """Load a resumable state into model, optimizer and noise; CheckpointError if it does not fit them."""
+    state = checkpoints.load(state_path)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        noise.set_state(state["noise_rng"])
+        if missing := sorted(set(_fresh_state(0)) - set(state)):
+            raise KeyError(f"no {', '.join(missing)}")
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise checkpoints.CheckpointError(
+            f"{state_path} is not a training state for this model and configuration "
+            f"({checkpoints.describe(error)}). "
+            f"Delete it to restart this stage from scratch, or resume the run that wrote it."
+        ) from None
+    return state
+
+
 def _check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int, best_path: Path) -> None:
     window = losses[start:stop]
     bad = (~torch.isfinite(window)).nonzero()
     if bad.numel():
         step = start + int(bad[0, 0])
+        kept = (f"the last good checkpoint {best_path} is kept" if best_path.exists()
+                else f"no checkpoint had been saved yet ({best_path} does not exist)")
         raise NonFiniteLoss(
             f"the training loss became {losses[step].item()} at epoch {epoch + 1}, step {step + 1}. "
-            f"Training stopped; the last good checkpoint {best_path} is kept. Try a smaller "
-            "learning rate (--lr) or check the data."
+            f"Training stopped; {kept}. Start a new run with a smaller learning rate (--lr), or "
+            "check the data."
         )
