@@ -23,6 +23,7 @@ from cvae import checkpoints, cli
 from cvae.config import RunConfig, environment
 from cvae.data import DATASETS, load_splits
 from cvae.experiment import evaluate_run, read_run, train_setting
+from cvae.objectives import OBJECTIVES
 from cvae.training import StopFlag, TrainingInterrupted
 
 RUN_ARTIFACTS = ("config.json", "results.json", "results.csv", "results.md", "training_curves.png")
@@ -43,6 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hidden", type=cli.hidden_sizes, default=defaults.hidden,
                    help="hidden layer widths of every network, e.g. 500,500")
     p.add_argument("--seed", type=cli.non_negative_int("--seed"), default=defaults.seed)
+    p.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
+                   help="the CVAE's training objective: cvae (the ELBO, eq. 4), gsnn (eq. 9) or hybrid (eq. 10)")
+    p.add_argument("--alpha", type=cli.unit_interval("--alpha"), default=defaults.alpha,
+                   help="weight of the ELBO in the hybrid objective (default 0.5)")
     p.add_argument("--dataset", choices=DATASETS, default=defaults.dataset)
     p.add_argument("--binarize", action="store_true",
                    help="binarize the targets at 0.5 (default: grayscale targets, as the tutorial)")
@@ -72,7 +77,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         quadrants=sorted(set(args.quadrants)), epochs=args.epochs, patience=args.patience,
         batch_size=args.batch_size, lr=args.lr, z_dim=args.z_dim, hidden=args.hidden,
-        seed=args.seed, dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
+        seed=args.seed, objective=args.objective, alpha=args.alpha,
+        dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
         train_subset=args.train_subset, num_samples=args.num_samples)
 
 

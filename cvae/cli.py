@@ -49,17 +49,22 @@ def quadrants(text: str) -> int:
     return int(text)
 
 
+def _real(text: str, what: str, accept: Callable[[float], bool], expected: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: {what} must be {expected}.")
+    return value
+
+
 def positive_float(what: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not valid: {what} must be a positive finite number, e.g. 1e-3.")
-        return value
-    return parse
+    return lambda text: _real(text, what, lambda v: 0 < v < float("inf"), "a positive finite number, e.g. 1e-3")
+
+
+def unit_interval(what: str) -> Callable[[str], float]:
+    return lambda text: _real(text, what, lambda v: 0 <= v <= 1, "a number from 0 to 1, e.g. 0.5")
 
 
 def hidden_sizes(text: str) -> list[int]:

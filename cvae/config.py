@@ -24,6 +24,8 @@ class RunConfig:
     z_dim: int = 200
     hidden: list[int] = field(default_factory=lambda: [500, 500])
     seed: int = 0
+    objective: str = "cvae"  # "cvae" (ELBO), "gsnn" or "hybrid" (objectives.py)
+    alpha: float = 0.5  # the ELBO's weight in the hybrid objective
     dataset: str = "mnist"
     binarize: bool = False
     data_dir: str = "data"

@@ -50,6 +50,11 @@ class FitSettings:
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
+    objective: str = "cvae"  # what a CVAE is trained on (objectives.training_loss); the baseline ignores it
+    alpha: float = 0.5
+
+    def loss(self, model: nn.Module, *batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return training_loss(model, *batch, generator=generator, objective=self.objective, alpha=self.alpha)
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
@@ -59,16 +64,15 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], batch_size: int,
-                    seed: int) -> float:
+def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], settings: FitSettings) -> float:
     """Mean training loss over a dataset (x, y[, filled]), in eval mode and with fixed noise."""
     model.eval()
     device, n = data[0].device, data[0].shape[0]
-    generator = torch.Generator(device).manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(settings.seed)
     total = torch.zeros((), device=device)
-    for start in range(0, n, batch_size):
-        batch = [t[start:start + batch_size] for t in data]
-        total += training_loss(model, *batch, generator=generator) * batch[0].shape[0]
+    for start in range(0, n, settings.batch_size):
+        batch = [t[start:start + settings.batch_size] for t in data]
+        total += settings.loss(model, *batch, generator=generator) * batch[0].shape[0]
     return total.item() / n
 
 
@@ -88,7 +92,7 @@ def fit(
     progress: bool = True,
     desc: str = "",
 ) -> list[dict]:
-    """Train ``model`` on ``objectives.training_loss`` and return the per-epoch history.
+    """Train ``model`` on ``settings.loss`` (``objectives.training_loss``); return the per-epoch history.
 
     train, val: (x, y) tensors (N, 784) on the model's device, plus for the CVAE the baseline's
     x_filled (see ``objectives.training_loss``). The best weights (lowest validation
@@ -125,7 +129,7 @@ def fit(
         checked = first_step
         for step in range(first_step, num_batches):
             batch = order[step * settings.batch_size:(step + 1) * settings.batch_size]
-            loss = training_loss(model, *(t[batch] for t in train), generator=noise)
+            loss = settings.loss(model, *(t[batch] for t in train), generator=noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -143,7 +147,7 @@ def fit(
         bar.close()
 
         train_loss = losses.mean().item()
-        val_loss = validation_loss(model, val, settings.batch_size, settings.seed)
+        val_loss = validation_loss(model, val, settings)
         improved = val_loss < state["best_val"]
         if improved:
             state["best_val"], state["bad_epochs"] = val_loss, 0
