@@ -43,7 +43,7 @@ def sample_grid(
     for r, (images, label) in enumerate(zip(rows, labels)):
         for c in range(num_digits):
             ax = axes[r][c]
-            ax.imshow(images[c].reshape(IMAGE_SIDE, IMAGE_SIDE).cpu(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(images[c].reshape(IMAGE_SIDE, IMAGE_SIDE).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
@@ -71,5 +71,25 @@ def training_curves(histories: dict[str, dict[str, list[dict]]], path: Path) -> 
             ax.set_ylabel("nats per image" + (" (negative ELBO)" if model == "cvae" else ""))
             ax.legend()
             ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def convergence_plot(table: dict[str, dict[str, dict[str, float]]], path: Path, title: str = "") -> None:
+    """CLL estimates (nats) versus the number of samples S, with standard-error bars: table from
+    convergence.estimates_versus_samples."""
+    samples = [int(s) for s in table]
+    labels = {"cvae_elbo": "negative ELBO", "cvae_mc": "Monte Carlo (z ~ prior)",
+              "cvae_is": "importance sampling (z ~ recognition)"}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in labels.items():
+        ax.errorbar(samples, [table[str(s)][key]["mean"] for s in samples],
+                    yerr=[table[str(s)][key]["sem"] for s in samples], marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("samples S per test image")
+    ax.set_ylabel("estimated negative CLL (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     _save(fig, path)

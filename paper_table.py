@@ -1,0 +1,35 @@
+"""The paper-style table from several evaluated runs (objectives cvae / gsnn / hybrid, several seeds), beside the
+published figures, and the paired NN-vs-CVAE comparison with 95% confidence intervals.
+
+    python paper_table.py runs/default runs/seed1 runs/seed2 runs/gsnn runs/hybrid --out runs/paper_table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cvae import checkpoints, cli
+from cvae.comparison import load_runs, paired_table, paper_table, published_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path, help="evaluated runs (train.py --out)")
+    p.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
+    args = p.parse_args(argv)
+    try:
+        runs = load_runs(args.run_dirs)
+    except FileNotFoundError as error:
+        raise cli.UserError(str(error)) from None
+    text = "\n".join([paper_table(runs), published_table(), "Paired comparison on the same test images:\n",
+                      paired_table(runs)])
+    if args.out:
+        checkpoints.write_text(args.out, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
