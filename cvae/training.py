@@ -101,6 +101,9 @@ def fit(
     ``state_path`` exists, training continues from it.
     """
     num_examples, device = train[0].shape[0], train[0].device
+    # Adam's moments of weights whose input pixel is always 0 (MNIST's border) decay geometrically into
+    # denormal floats after ~2 epochs, and denormal arithmetic made CPU epochs 2x slower. Flush them to zero.
+    torch.set_flush_denormal(True)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=settings.lr, fused=device.type in FUSED_ADAM_DEVICES)
     noise = torch.Generator(device).manual_seed(settings.seed)
