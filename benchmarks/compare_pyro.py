@@ -1,0 +1,416 @@
+"""Side by side in one run: this library against the peer, the Pyro 1.9.1 CVAE tutorial's models.
+
+The peer is written here with Pyro's public API after the tutorial (examples/cvae in the Pyro repository):
+the baseline MLP trained with plain PyTorch on the masked binary cross-entropy; the CVAE whose prior net sees
+x with the baseline's prediction filled in, whose generation net sees z only, and whose recognition net sees
+x with y filled in, trained with pyro.infer.SVI and Trace_ELBO, the likelihood a Bernoulli over the pixels
+that are -1 in x. Both implementations get the same data (real MNIST, the first --train-subset training
+images in the same order, pre-built tensors), batch size 128, MLPs 500-500, z 200, Adam 1e-3.
+
+Timed, median over --repeats with the implementations interleaved (after a short warm-up):
+  - one training epoch of each model. Ours: cvae.training.fit's step (see common.OurTrainer), the CVAE with
+    the baseline's fill precomputed once per run as fit gets it (that fill is timed apart). Peer: the
+    tutorial's baseline step and svi.step. Epoch times are reported raw and scaled to 50,000 images.
+  - one evaluation over the first --test-subset test images. Peer: the tutorial's (generate_table): the
+    negative ELBO with 10 particles (SVI with Trace_ELBO(num_particles=10), evaluate_loss: no graph, where
+    the tutorial's differentiable_loss builds one, so the peer is if anything favoured), plus the baseline's masked
+    BCE, in batches of --peer-eval-batch (the tutorial's 32). Ours: cvae.estimators.cll_importance with
+    S = 100 plus the baseline's exact CLL.
+  - apart, for reference: one epoch of the tutorial's own data pipeline (a per-item Dataset with the
+    ToTensor and MaskImages transforms, DataLoader with shuffle, batch 128), which the peer's real runs also
+    pay and the timings above leave out.
+The ratios are peer time / our time. Models are untrained: the cost does not depend on the weights.
+
+    pip install -e ".[bench]"
+    python benchmarks/compare_pyro.py [--train-subset 10000] [--test-subset 10000] [--repeats 3]
+
+Prints one JSON object on stdout; progress goes to stderr. Pyro is imported only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from collections.abc import Callable
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+import torchvision
+from common import (
+    DATA_DIR,
+    FLOP_RULE,
+    OurTrainer,
+    baseline_training_flops,
+    cvae_training_flops,
+    first_layer_rule,
+    forward_flops,
+    linears,
+    log,
+    machine,
+    our_models,
+    profile_ops,
+    quadrant_data,
+    timed,
+    training_flops,
+)
+from pyro.infer import SVI, Trace_ELBO
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from cvae import estimators
+from cvae.experiment import fill
+from cvae.models import CVAE, BaselineNet
+from cvae.training import epoch_order
+
+BATCH_SIZE = 128
+FULL_EPOCH = 50_000
+
+
+# ---- the peer: the Pyro tutorial's models ------------------------------------------------------------
+
+class PeerBaselineNet(nn.Module):
+    def __init__(self, hidden_1: int = 500, hidden_2: int = 500):
+        super().__init__()
+        self.fc1 = nn.Linear(784, hidden_1)
+        self.fc2 = nn.Linear(hidden_1, hidden_2)
+        self.fc3 = nn.Linear(hidden_2, 784)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.relu(self.fc1(x.view(-1, 784)))
+        hidden = self.relu(self.fc2(hidden))
+        return torch.sigmoid(self.fc3(hidden))
+
+
+def masked_bce_sum(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The tutorial's MaskedBCELoss(reduction="sum"): BCE over the pixels that are not -1 in the target.
+
+    torch >= 2.14 rejects targets outside [0, 1], so the -1 pixels are clamped to 0 before the BCE (they
+    are zeroed right after, as in the tutorial): the same value, one extra elementwise op.
+    """
+    target = target.view(probs.shape)
+    loss = F.binary_cross_entropy(probs, target.clamp(min=0), reduction="none")
+    loss[target == -1] = 0
+    return loss.sum()
+
+
+class Encoder(nn.Module):
+    """The tutorial's prior and recognition nets: the image with y's pixels put into x's -1 pixels."""
+
+    def __init__(self, z_dim: int = 200, hidden_1: int = 500, hidden_2: int = 500):
+        super().__init__()
+        self.fc1 = nn.Linear(784, hidden_1)
+        self.fc2 = nn.Linear(hidden_1, hidden_2)
+        self.fc31 = nn.Linear(hidden_2, z_dim)
+        self.fc32 = nn.Linear(hidden_2, z_dim)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xc = x.clone()
+        xc[x == -1] = y[x == -1]
+        hidden = self.relu(self.fc1(xc.view(-1, 784)))
+        hidden = self.relu(self.fc2(hidden))
+        return self.fc31(hidden), torch.exp(self.fc32(hidden))
+
+
+class Decoder(nn.Module):
+    """The tutorial's generation net: z only -> pixel probabilities of the whole image."""
+
+    def __init__(self, z_dim: int = 200, hidden_1: int = 500, hidden_2: int = 500):
+        super().__init__()
+        self.fc1 = nn.Linear(z_dim, hidden_1)
+        self.fc2 = nn.Linear(hidden_1, hidden_2)
+        self.fc3 = nn.Linear(hidden_2, 784)
+        self.relu = nn.ReLU()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.fc1(z))
+        y = self.relu(self.fc2(y))
+        return torch.sigmoid(self.fc3(y))
+
+
+class PeerCVAE(nn.Module):
+    def __init__(self, baseline_net: PeerBaselineNet, z_dim: int = 200, hidden_1: int = 500, hidden_2: int = 500):
+        super().__init__()
+        self.baseline_net = baseline_net
+        self.prior_net = Encoder(z_dim, hidden_1, hidden_2)
+        self.generation_net = Decoder(z_dim, hidden_1, hidden_2)
+        self.recognition_net = Encoder(z_dim, hidden_1, hidden_2)
+
+    def model(self, xs: torch.Tensor, ys: torch.Tensor | None = None) -> torch.Tensor:
+        pyro.module("generation_net", self)
+        batch_size = xs.shape[0]
+        with pyro.plate("data"):
+            with torch.no_grad():
+                y_hat = self.baseline_net(xs).view(xs.shape)
+            prior_loc, prior_scale = self.prior_net(xs, y_hat)
+            zs = pyro.sample("z", dist.Normal(prior_loc, prior_scale).to_event(1))
+            loc = self.generation_net(zs)
+            if ys is not None:
+                mask_loc = loc[(xs == -1).view(-1, 784)].view(batch_size, -1)
+                mask_ys = ys[xs == -1].view(batch_size, -1)
+                pyro.sample("y", dist.Bernoulli(mask_loc, validate_args=False).to_event(1), obs=mask_ys)
+            else:
+                pyro.deterministic("y", loc.detach())
+            return loc
+
+    def guide(self, xs: torch.Tensor, ys: torch.Tensor | None = None) -> None:
+        with pyro.plate("data"):
+            if ys is None:
+                y_hat = self.baseline_net(xs).view(xs.shape)
+                loc, scale = self.prior_net(xs, y_hat)
+            else:
+                loc, scale = self.recognition_net(xs, ys)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+
+def batches(data: tuple[torch.Tensor, ...], order: torch.Tensor, size: int):
+    for start in range(0, order.numel(), size):
+        index = order[start:start + size]
+        yield tuple(t[index] for t in data)
+
+
+class PeerTrainer:
+    """The tutorial's training loops: plain Adam on the baseline, SVI + Trace_ELBO + pyro.optim.Adam on the CVAE."""
+
+    def __init__(self, data: tuple[torch.Tensor, torch.Tensor], device: torch.device):
+        self.data, self.epoch = data, 0
+        self.baseline = PeerBaselineNet().to(device)
+        self.optimizer = torch.optim.Adam(self.baseline.parameters(), lr=1e-3)
+        pyro.clear_param_store()
+        self.cvae = PeerCVAE(self.baseline).to(device)
+        self.svi = SVI(self.cvae.model, self.cvae.guide, pyro.optim.Adam({"lr": 1e-3}), loss=Trace_ELBO())
+
+    def order(self) -> torch.Tensor:
+        self.epoch += 1
+        return epoch_order(self.data[0].shape[0], 0, self.epoch - 1)
+
+    def baseline_epoch(self, limit: int | None = None) -> None:
+        self.baseline.train()
+        running = 0.0
+        for i, (inputs, outputs) in enumerate(batches(self.data, self.order(), BATCH_SIZE)):
+            if limit is not None and i == limit:
+                break
+            self.optimizer.zero_grad()
+            loss = masked_bce_sum(self.baseline(inputs), outputs) / inputs.size(0)
+            loss.backward()
+            self.optimizer.step()
+            running += loss.item()
+
+    def cvae_epoch(self, limit: int | None = None) -> None:
+        running = 0.0
+        for i, (inputs, outputs) in enumerate(batches(self.data, self.order(), BATCH_SIZE)):
+            if limit is not None and i == limit:
+                break
+            running += self.svi.step(inputs, outputs) / inputs.size(0)
+
+    def evaluate(self, test: tuple[torch.Tensor, torch.Tensor], batch_size: int) -> tuple[float, float]:
+        """The tutorial's generate_table: the baseline's masked BCE and the 10-particle negative ELBO."""
+        self.baseline.eval()
+        evaluator = SVI(self.cvae.model, self.cvae.guide, pyro.optim.Adam({"lr": 1e-3}),
+                        loss=Trace_ELBO(num_particles=10))
+        baseline_cll = cvae_cll = 0.0
+        order = torch.arange(test[0].shape[0])
+        for inputs, outputs in batches(test, order, batch_size):
+            with torch.no_grad():
+                baseline_cll += masked_bce_sum(self.baseline(inputs), outputs).item() / inputs.size(0)
+            cvae_cll += evaluator.evaluate_loss(inputs, outputs) / inputs.size(0)
+        return baseline_cll, cvae_cll
+
+
+# ---- the tutorial's data pipeline (timed apart) ---------------------------------------------------------
+
+class TutorialMNIST(Dataset):
+    """The tutorial's CVAEMNIST with its ToTensor and MaskImages transforms, item by item."""
+
+    def __init__(self, num_quadrant_inputs: int):
+        self.original = torchvision.datasets.MNIST(str(DATA_DIR), train=True, download=False)
+        self.num = num_quadrant_inputs
+
+    def __len__(self) -> int:
+        return len(self.original)
+
+    def __getitem__(self, item: int) -> dict:
+        image, digit = self.original[item]
+        sample = {"original": torchvision.transforms.functional.to_tensor(image),
+                  "digit": torch.as_tensor(np.asarray(digit), dtype=torch.int64)}
+        tensor = sample["original"].squeeze()
+        out = tensor.detach().clone()
+        h, w = tensor.shape
+        out[h // 2:, :w // 2] = -1
+        if self.num == 2:
+            out[:, :w // 2] = -1
+        if self.num == 3:
+            out[:h // 2, :] = -1
+        inp = tensor.clone()
+        inp[out != -1] = -1
+        sample["input"], sample["output"] = inp, out
+        return sample
+
+
+def tutorial_pipeline_epoch(k: int, n: int) -> Callable[[], None]:
+    loader = DataLoader(Subset(TutorialMNIST(k), range(n)), batch_size=BATCH_SIZE, shuffle=True, num_workers=0)
+
+    def epoch() -> None:
+        for _ in loader:
+            pass
+
+    return epoch
+
+
+# ---- the comparison ---
+
+def flop_counts(baseline: BaselineNet, cvae: CVAE, peer: PeerTrainer, num_samples: int) -> dict[str, int]:
+    """Matmul FLOPs per image of each timed task (common.FLOP_RULE). Evaluation counts forward passes: ours
+    runs the baseline twice (its CLL, the CVAE's fill), the per-image nets once and the generation net's z part
+    S times; the peer runs its baseline once for its loss and all four nets once per particle (10)."""
+    generation, p = cvae.generation_net, peer.cvae
+    return {
+        "ours_baseline_train": baseline_training_flops(baseline),
+        "peer_baseline_train": training_flops(first_layer_rule(peer.baseline)),
+        "ours_cvae_train": cvae_training_flops(cvae),
+        "peer_cvae_train": training_flops([*((layer, "frozen") for layer in linears(p.baseline_net)),
+                                           *first_layer_rule(p.prior_net), *first_layer_rule(p.recognition_net),
+                                           *((layer, "full") for layer in linears(p.generation_net))]),
+        "ours_evaluation": forward_flops([*linears(baseline), *linears(cvae.baseline), *linears(cvae.recognition_net),
+                                          *linears(cvae.prior_net), generation.from_x])
+        + num_samples * forward_flops([generation.from_z, *linears(generation.rest)]),
+        "peer_evaluation": forward_flops(linears(peer.baseline)) + 10 * forward_flops(linears(p)),
+    }
+
+
+# ---- the main ------------------------------------------------------------------------------------
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quadrants", type=int, choices=(1, 2, 3), default=1)
+    p.add_argument("--train-subset", type=int, default=10_000, help="training images per timed epoch")
+    p.add_argument("--test-subset", type=int, default=10_000, help="test images per timed evaluation")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each measurement (median reported)")
+    p.add_argument("--peer-eval-batch", type=int, default=32, help="the tutorial's evaluation batch size")
+    p.add_argument("--num-samples", type=int, default=100, help="S of our importance-sampled CLL")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="what-if: override cvae.estimators.MAX_ROWS (image-samples per pass) for this run")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile 20 CVAE training steps and a 512-image evaluation of each (tables on stderr)")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.max_rows is not None:
+        estimators.MAX_ROWS = args.max_rows
+    device = torch.device(args.device)
+    info = machine()
+    data = quadrant_data(args.quadrants, device, args.train_subset, args.test_subset)
+    train, test = data["train"], data["test"]
+    n_train, n_test = train[0].shape[0], test[0].shape[0]
+
+    baseline, cvae = our_models(args.quadrants, device)
+    fill_seconds = timed(lambda: fill(cvae.baseline, train[0]), device)
+    ours_baseline = OurTrainer(baseline, train, BATCH_SIZE)
+    ours_cvae = OurTrainer(cvae, (*train, fill(cvae.baseline, train[0])), BATCH_SIZE)
+    generator = torch.Generator(device).manual_seed(0)
+
+    def ours_evaluate(x: torch.Tensor = test[0], y: torch.Tensor = test[1]) -> None:
+        with torch.inference_mode():
+            (-baseline.log_likelihood(x, y)).mean().item()
+        estimators.cll_importance(cvae.eval(), x, y, args.num_samples, generator).mean().item()
+
+    peer = PeerTrainer(train, device)
+    pipeline = tutorial_pipeline_epoch(args.quadrants, n_train)
+
+    log("warm-up")
+    ours_baseline.run(5)
+    ours_cvae.run(5)
+    peer.baseline_epoch(limit=5)
+    peer.cvae_epoch(limit=5)
+    ours_evaluate(test[0][:64], test[1][:64])
+    peer.evaluate((test[0][:64], test[1][:64]), args.peer_eval_batch)
+
+    measurements: dict[str, Callable[[], object]] = {
+        "ours_baseline_epoch": ours_baseline.run,
+        "peer_baseline_epoch": peer.baseline_epoch,
+        "ours_cvae_epoch": ours_cvae.run,
+        "peer_cvae_epoch": peer.cvae_epoch,
+        "ours_evaluation": ours_evaluate,
+        "peer_evaluation": lambda: peer.evaluate(test, args.peer_eval_batch),
+        "tutorial_data_pipeline_epoch": pipeline,
+    }
+    times: dict[str, list[float]] = {name: [] for name in measurements}
+    for repeat in range(args.repeats):
+        for name, fn in measurements.items():
+            times[name].append(timed(fn, device))
+            log(f"repeat {repeat + 1}/{args.repeats} {name}: {times[name][-1]:.2f} s")
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+
+    profiles = {}
+    if args.profile:
+        part = (test[0][:512], test[1][:512])
+        profiles = {
+            "ours_cvae_20_steps": profile_ops(lambda: ours_cvae.run(20), device, "ours: 20 CVAE steps"),
+            "peer_cvae_20_steps": profile_ops(lambda: peer.cvae_epoch(limit=20), device, "peer: 20 svi.step"),
+            "ours_evaluation_512": profile_ops(lambda: ours_evaluate(*part), device, "ours: evaluation, 512 images"),
+            "peer_evaluation_512": profile_ops(lambda: peer.evaluate(part, args.peer_eval_batch), device,
+                                               "peer: evaluation, 512 images"),
+        }
+
+    flops = flop_counts(baseline, cvae, peer, args.num_samples)
+    scale = FULL_EPOCH / n_train
+    steps = -(-n_train // BATCH_SIZE)
+    epochs = {}
+    for name in ("ours_baseline_epoch", "peer_baseline_epoch", "ours_cvae_epoch", "peer_cvae_epoch",
+                 "tutorial_data_pipeline_epoch"):
+        epochs[name] = {"seconds": round(seconds[name], 3), "seconds_per_50000_images": round(seconds[name] * scale, 2),
+                        "batches_per_s": round(steps / seconds[name], 1), "runs": [round(t, 3) for t in times[name]]}
+    evaluation = {name: {"seconds": round(seconds[name], 3), "runs": [round(t, 3) for t in times[name]]}
+                  for name in ("ours_evaluation", "peer_evaluation")}
+    pipeline_s = seconds["tutorial_data_pipeline_epoch"]
+
+    def ratio(peer_s: float, ours_s: float) -> float:
+        return round(peer_s / ours_s, 2)
+
+    print(json.dumps({
+        "benchmark": "compare_pyro",
+        "machine": info | {"load_average_1min_at_end": round(os.getloadavg()[0], 2)},
+        "pyro": pyro.__version__,
+        "device": str(device),
+        "quadrants": args.quadrants,
+        "train_images_per_epoch": n_train,
+        "test_images": n_test,
+        "batch_size": BATCH_SIZE,
+        "repeats": args.repeats,
+        "ours_evaluation": f"cll_importance S={args.num_samples} + baseline exact CLL, "
+                           f"MAX_ROWS={estimators.MAX_ROWS}" + (" (overridden)" if args.max_rows else ""),
+        "peer_evaluation": "SVI(..., Trace_ELBO(num_particles=10)).evaluate_loss + baseline masked BCE, "
+                           f"batch {args.peer_eval_batch}",
+        "epochs": epochs,
+        "ours_fill_seconds_once_per_run": round(fill_seconds, 3),
+        "evaluation": evaluation,
+        "matmul_flops_per_image": flops,
+        "flop_counting_rule": FLOP_RULE,
+        "flop_ratios_peer_over_ours": {task: round(flops[f"peer_{task}"] / flops[f"ours_{task}"], 2)
+                                       for task in ("baseline_train", "cvae_train", "evaluation")},
+        "ratios_peer_over_ours": {
+            "baseline_epoch": ratio(seconds["peer_baseline_epoch"], seconds["ours_baseline_epoch"]),
+            "cvae_epoch": ratio(seconds["peer_cvae_epoch"], seconds["ours_cvae_epoch"]),
+            "evaluation": ratio(seconds["peer_evaluation"], seconds["ours_evaluation"]),
+            "baseline_epoch_with_tutorial_data_pipeline":
+                ratio(seconds["peer_baseline_epoch"] + pipeline_s, seconds["ours_baseline_epoch"]),
+            "cvae_epoch_with_tutorial_data_pipeline":
+                ratio(seconds["peer_cvae_epoch"] + pipeline_s, seconds["ours_cvae_epoch"]),
+        },
+    } | ({"profile_self_time_share": profiles} if profiles else {}), indent=2))
+
+
+if __name__ == "__main__":
+    main()
