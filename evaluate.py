@@ -2,6 +2,7 @@
 
     python evaluate.py runs/default                       # S = the run's --num-samples (100)
     python evaluate.py runs/default --num-samples 1000 --test-subset 2000
+    torchrun --standalone --nproc_per_node 2 evaluate.py runs/default    # the test images shared by 2 processes
 
 Writes results.json, results.csv, results.md, samples_q{k}.png and training_curves.png into RUN_DIR
 and prints the table: the NN baseline's exact negative CLL, and the CVAE's negative ELBO, Monte Carlo
@@ -14,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cvae import cli
+from cvae import cli, distributed
 from cvae.config import RunConfig
 from cvae.data import load_splits
 from cvae.experiment import evaluate_run, read_run
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = cli.resolve_device(args.device)
+    device = distributed.init_from_env(cli.resolve_device(args.device))  # a no-op without torchrun
     run_dir = Path(args.run_dir)
     saved = read_run(run_dir)
     if not saved.get("finished"):
@@ -43,11 +44,13 @@ def main(argv: list[str] | None = None) -> int:
                             f"it has no complete checkpoints to evaluate. Continue it first with: "
                             f"python train.py --resume {run_dir}")
     config = RunConfig.from_dict(saved["config"])
-    splits = load_splits(args.data_dir or config.data_dir, config.dataset)
+    with distributed.main_first():  # rank 0 provisions the data while the others wait
+        splits = load_splits(args.data_dir or config.data_dir, config.dataset)
     num_samples = args.num_samples or config.num_samples
     _, table = evaluate_run(run_dir, config, splits, device, num_samples, args.test_subset,
                             progress=not args.no_progress)
-    print(table)
+    if distributed.is_main():
+        print(table)
     return 0
 
 

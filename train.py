@@ -3,15 +3,18 @@
     python train.py                          # the paper's experiment: 1, 2 and 3 input quadrants
     python train.py --quadrants 2 --epochs 5 --out runs/quick
     python train.py --resume runs/default    # continue an interrupted run
+    torchrun --standalone --nproc_per_node 2 train.py ...   # 2 processes, DistributedDataParallel (README)
 
 For each setting: the baseline NN is trained first (early stopping on the validation loss), then
 frozen; the CVAE is trained on top of it. Then every setting is evaluated (evaluate.py does the same
-for a saved run) and the table and figures are written into the run directory.
+for a saved run) and the table and figures are written into the run directory. Under torchrun
+--batch-size is the global batch, shared by the processes, and the learning rate is unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -19,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from cvae import checkpoints, cli
+from cvae import checkpoints, cli, distributed
 from cvae.config import RunConfig, environment
 from cvae.data import DATASETS, load_splits
 from cvae.experiment import evaluate_run, read_run, train_setting
@@ -134,6 +137,23 @@ def check_writable(run_dir: Path) -> None:
                             "directory. Choose another --out, or fix its permissions.")
 
 
+def scale_out(config: RunConfig) -> dict:
+    """How the run is spread over processes: --batch-size is the global batch, the learning rate as given."""
+    world = distributed.world_size()
+    return {"world_size": world, "global_batch_size": config.batch_size,
+            "per_process_batch_size": math.ceil(config.batch_size / world), "lr": config.lr}
+
+
+def check_same_processes(saved: dict, run_dir: Path) -> None:
+    """An unfinished run continues exactly only with as many processes as it was started with."""
+    started = saved.get("distributed", {}).get("world_size", 1)  # runs from before torchrun support had 1
+    if not saved.get("finished") and started != distributed.world_size():
+        launch = "python train.py" if started == 1 else f"torchrun --nproc_per_node {started} train.py"
+        raise cli.UserError(f"{run_dir} was started with {started} process(es), this is "
+                            f"{distributed.world_size()}: each process's random state is saved, so continue "
+                            f"it with: {launch} --resume {run_dir}")
+
+
 def clear_run(run_dir: Path) -> None:
     """Remove what train.py wrote in run_dir (for --overwrite), and nothing else."""
     for name in RUN_ARTIFACTS:
@@ -145,17 +165,25 @@ def clear_run(run_dir: Path) -> None:
 
 def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
     args = parse_args(argv)
-    device = cli.resolve_device(args.device)
+    device = distributed.init_from_env(cli.resolve_device(args.device))  # a no-op without torchrun
+    main_process = distributed.is_main()
     run_dir, config, resuming = choose_run(args)
-    splits = load_splits(config.data_dir, config.dataset)
+    saved = read_run(run_dir) if resuming else {"config": config.to_dict(), "distributed": scale_out(config),
+                                                "finished": False}
+    if resuming:
+        check_same_processes(saved, run_dir)
+    # rank 0 provisions the data first; it goes on once every process has checked the run directory
+    with distributed.main_first():
+        splits = load_splits(config.data_dir, config.dataset)
     if config.train_subset is not None and config.train_subset > splits.train.shape[0]:
         raise cli.UserError(f"--train-subset {config.train_subset} is larger than the "
                             f"{splits.train.shape[0]} training images.")
-    if args.overwrite:
-        clear_run(run_dir)
-    saved = read_run(run_dir) if resuming else {"config": config.to_dict(), "finished": False}
     saved["environment"] = environment()
-    checkpoints.write_json(run_dir / "config.json", saved)
+    if main_process:
+        if args.overwrite:
+            clear_run(run_dir)
+        checkpoints.write_json(run_dir / "config.json", saved)
+    distributed.barrier()  # no process looks for resumable states before --overwrite has removed them
 
     stop = stop or StopFlag()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -166,26 +194,30 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
             train_setting(config, k, splits, run_dir, device, stop, not args.no_progress)
     except TrainingInterrupted as stopped:
         raise TrainingInterrupted(f"{stopped}. The resumable state is saved; continue with: "
-                                  f"python train.py --resume {run_dir}") from None
+                                  f"{distributed.command('train.py')} --resume {run_dir}") from None
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
                           else signal.SIG_DFL)
     saved["finished"] = True
     saved["train_seconds"] = saved.get("train_seconds", 0.0) + time.perf_counter() - started
-    checkpoints.write_json(run_dir / "config.json", saved)
-    print(f"trained {config.quadrants} in {time.perf_counter() - started:.0f} s on {device}; "
-          f"checkpoints in {run_dir}", file=sys.stderr)
-    if stop.requested and not args.no_eval:  # the signal came after the last training step
+    if main_process:
+        checkpoints.write_json(run_dir / "config.json", saved)
+        print(f"trained {config.quadrants} in {time.perf_counter() - started:.0f} s on {device}"
+              f"{f' (x{distributed.world_size()} processes)' if distributed.active() else ''}; "
+              f"checkpoints in {run_dir}", file=sys.stderr)
+    # the signal came after the last training step (to any process: they all skip the evaluation)
+    if distributed.any_process(stop.requested) and not args.no_eval:
         raise TrainingInterrupted(f"training of {run_dir} is finished, but its evaluation was skipped. "
-                                  f"Evaluate it with: python evaluate.py {run_dir}")
+                                  f"Evaluate it with: {distributed.command('evaluate.py')} {run_dir}")
 
     if not args.no_eval:
         started = time.perf_counter()
         _, table = evaluate_run(run_dir, config, splits, device, config.num_samples,
                                 progress=not args.no_progress)
-        print(f"evaluated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        print(table)
+        if main_process:
+            print(f"evaluated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            print(table)
     return 0
 
 

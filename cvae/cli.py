@@ -1,16 +1,20 @@
 """What train.py and evaluate.py share: argument types that reject bad values with a clear message,
-device selection, and the mapping of failures to one-paragraph errors and exit statuses."""
+device selection, and the mapping of failures to one-paragraph errors and exit statuses (under torchrun,
+from every process that has something of its own to say, and from rank 0 for what all of them agree on)."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 
 import torch
 
+from . import distributed
 from .checkpoints import CheckpointError
 from .data import DataError
+from .distributed import DistributedError
 from .training import NonFiniteLoss, TrainingInterrupted
 
 EXIT_USAGE = 2  # bad input: nothing was changed
@@ -105,26 +109,56 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
                         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
 
 
+def _say(message: str, every_process: bool = False) -> None:
+    """Print to stderr: under torchrun from rank 0 only (what every process would say alike), or with
+    every_process from each process, prefixed with its rank."""
+    if every_process and distributed.active():
+        print(f"[rank {distributed.rank()}] {message.lstrip()}", file=sys.stderr)
+    elif distributed.is_main():
+        print(message, file=sys.stderr)
+
+
+def lost_peer_message(error: RuntimeError) -> str:
+    """A collective's failure, said plainly: which process, what the backend said (first sentence), what to do."""
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip().splitlines()[0]).split(". ")[0]
+    return (f"error: process {distributed.rank()} of {distributed.world_size()} lost contact with the others "
+            f"({cause}). Another process of this torchrun job exited or did not answer within "
+            f"{distributed.timeout_seconds():.0f} s (the process-group timeout, {distributed.TIMEOUT_ENV}); "
+            "its own output says why. Files already written are complete; an interrupted training "
+            f"continues with: {distributed.command('train.py')} --resume RUN_DIR")
+
+
 def run(main: Callable[[], int]) -> int:
-    """Call main(); turn the failures a user can cause or meet into a message and an exit status."""
+    """Call main(); turn the failures a user can cause or meet into a message and an exit status; leave
+    the process group (under torchrun) at the end."""
     try:
         return main()
-    except (UserError, DataError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (UserError, DistributedError) as error:
+        _say(f"error: {error}")
+        return EXIT_USAGE
+    except (DataError, CheckpointError) as error:
+        _say(f"error: {error}", every_process=True)
         return EXIT_USAGE
     except TrainingInterrupted as stopped:
-        print(f"\ninterrupted: {stopped}", file=sys.stderr)
+        _say(f"\ninterrupted: {stopped}")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:  # outside the training loop, which turns signals into TrainingInterrupted
-        print("\ninterrupted. Every file already written is complete (each is written to a temporary "
-              "file and renamed into place); run the command again to redo what was left.", file=sys.stderr)
+        _say("\ninterrupted. Every file already written is complete (each is written to a temporary "
+             "file and renamed into place); run the command again to redo what was left.")
         return EXIT_INTERRUPTED
     except NonFiniteLoss as error:
-        print(f"error: {error}", file=sys.stderr)
+        _say(f"error: {error}")
         return EXIT_FAILED
     except OSError as error:  # a full disk, a missing permission, a directory where a file should be
-        print(f"error: could not read or write a file: {error}. Files already there are intact (each "
-              "is written to a temporary file and renamed into place). Free some space or fix the "
-              "path or its permissions, then run again (python train.py --resume RUN_DIR continues "
-              "an interrupted training run).", file=sys.stderr)
+        _say(f"error: could not read or write a file: {error}. Files already there are intact (each "
+             "is written to a temporary file and renamed into place). Free some space or fix the "
+             "path or its permissions, then run again (python train.py --resume RUN_DIR continues "
+             "an interrupted training run).", every_process=True)
         return EXIT_FAILED
+    except RuntimeError as error:
+        if not distributed.lost_peer(error):
+            raise
+        _say(lost_peer_message(error), every_process=True)
+        return EXIT_FAILED
+    finally:
+        distributed.shutdown()

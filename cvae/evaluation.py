@@ -1,5 +1,10 @@
 """Evaluation on the test set: per-image CLL of the baseline (exact) and of the CVAE (three estimators),
-and their summary as mean and standard error over test images."""
+and their summary as mean and standard error over test images.
+
+The images are taken in blocks of BLOCK, and block b draws its samples of z from its own generator, seeded
+with seed + b * BLOCK_SEED_STRIDE: the values do not depend on which process evaluates which block, so under
+torchrun (``sharded_per_image_cll``) they are those of a single process.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,13 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .estimators import cll_importance, cll_monte_carlo, negative_elbo
 from .models import CVAE, BaselineNet
 
-BLOCK = 500  # test images per progress-bar step
+BLOCK = 500  # test images per progress-bar step and per noise generator
+BLOCK_SEED_STRIDE = 1_000_003  # block b's generator is seeded with seed + b * stride (block 0: the seed)
+KEYS = ("nn", "cvae_elbo", "cvae_mc", "cvae_is")
 
 ROW_NAMES = {
     "nn": "NN baseline (exact CLL)",
@@ -24,19 +32,19 @@ ROW_NAMES = {
 
 def per_image_cll(
     baseline: BaselineNet, cvae: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
-    seed: int = 0, progress: bool = True, desc: str = "",
+    seed: int = 0, progress: bool = True, desc: str = "", first_block: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Negative CLL in nats for every test image: keys nn, cvae_elbo, cvae_mc, cvae_is, each (N,).
 
-    nn is the baseline's exact -log p(y|x); the others use S = num_samples samples of z.
+    nn is the baseline's exact -log p(y|x); the others use S = num_samples samples of z. x, y are the
+    images from block first_block on (a process's share of the test set under torchrun).
     """
     baseline.eval()
     cvae.eval()
-    generator = torch.Generator(x.device).manual_seed(seed)
-    parts: dict[str, list[torch.Tensor]] = {key: [] for key in ("nn", "cvae_elbo", "cvae_mc",
-                                                                "cvae_is")}
-    for start in tqdm(range(0, x.shape[0], BLOCK), disable=not progress, leave=False,
-                      desc=f"{desc} evaluating S={num_samples}"):
+    parts: dict[str, list[torch.Tensor]] = {key: [] for key in KEYS}
+    for block, start in enumerate(tqdm(range(0, x.shape[0], BLOCK), disable=not progress, leave=False,
+                                       desc=f"{desc} evaluating S={num_samples}"), start=first_block):
+        generator = torch.Generator(x.device).manual_seed(seed + block * BLOCK_SEED_STRIDE)
         xb, yb = x[start:start + BLOCK], y[start:start + BLOCK]
         with torch.inference_mode():
             parts["nn"].append(-baseline.log_likelihood(xb, yb))
@@ -46,6 +54,25 @@ def per_image_cll(
     values = {key: torch.cat(chunks).double().cpu() for key, chunks in parts.items()}
     values["gap"] = values["nn"] - values["cvae_is"]
     return values
+
+
+def sharded_per_image_cll(
+    baseline: BaselineNet, cvae: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
+    seed: int = 0, progress: bool = True, desc: str = "",
+) -> dict[str, torch.Tensor]:
+    """``per_image_cll`` of all the images, each process of a torchrun job evaluating a contiguous share of
+    the blocks, gathered on every process: the values of a single process (to floating-point tolerance).
+    Without torchrun, ``per_image_cll`` itself."""
+    if distributed.world_size() == 1:
+        return per_image_cll(baseline, cvae, x, y, num_samples, seed, progress, desc)
+    blocks = torch.arange(math.ceil(x.shape[0] / BLOCK)).tensor_split(distributed.world_size())[distributed.rank()]
+    if blocks.numel():
+        mine = slice(int(blocks[0]) * BLOCK, (int(blocks[-1]) + 1) * BLOCK)
+        values = per_image_cll(baseline, cvae, x[mine], y[mine], num_samples, seed, progress, desc,
+                               first_block=int(blocks[0]))
+    else:  # fewer blocks than processes
+        values = {key: torch.zeros(0, dtype=torch.float64) for key in (*KEYS, "gap")}
+    return {key: distributed.gather_tensors(value) for key, value in values.items()}
 
 
 def mean_and_sem(values: torch.Tensor) -> dict[str, float]:

@@ -7,6 +7,8 @@ Run directory layout:
     q{k}/history.json           per-epoch losses of both models
     q{k}/per_image.pt           per-image negative CLL of every estimator on the test set
     results.{json,csv,md}       the table;  samples_q{k}.png, training_curves.png  the figures
+
+Under torchrun every process trains and evaluates its share (``cvae.distributed``); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoints, figures, report
+from . import checkpoints, distributed, figures, report
 from .cli import UserError
 from .config import RunConfig
 from .data import Splits
-from .evaluation import per_image_cll, summarize
+from .evaluation import sharded_per_image_cll, summarize
 from .models import CVAE, BaselineNet
 from .quadrants import MISSING, QuadrantTask
 from .training import FitSettings, StopFlag, fit
@@ -102,7 +104,8 @@ def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, devi
     train, val = (*train, fill(best_baseline, train[0])), (*val, fill(best_baseline, val[0]))
     histories["cvae"] = fit(cvae, train, val, settings, paths.cvae, paths.cvae_state, stop,
                             progress, f"q{k} cvae")
-    checkpoints.write_json(paths.history, histories)
+    if distributed.is_main():
+        checkpoints.write_json(paths.history, histories)
     return histories
 
 
@@ -140,7 +143,8 @@ def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch
                  progress: bool = True) -> tuple[dict, str]:
     """Evaluate every trained setting of a run on the test set; write the tables and figures.
 
-    Returns the results dict (also in results.json) and the markdown table.
+    Returns the results dict (also in results.json) and the markdown table. Under torchrun each process
+    evaluates a share of the test images; rank 0 gathers them, writes and returns the table ("" elsewhere).
     """
     test_images = splits.test if test_subset is None else splits.test[:test_subset]
     results: dict = {"dataset": config.dataset, "protocol": config.protocol, "objective": config.objective,
@@ -158,14 +162,19 @@ def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch
         task = QuadrantTask(k)
         x, y = task_data(test_images, task, config.binarize, device)
         started = time.perf_counter()
-        values = per_image_cll(baseline, cvae, x, y, num_samples, config.seed, progress, f"q{k}")
+        values = sharded_per_image_cll(baseline, cvae, x, y, num_samples, config.seed,
+                                       progress and distributed.is_main(), f"q{k}")
         results[str(k)] = summarize(values) | {"seconds": time.perf_counter() - started}
+        if not distributed.is_main():
+            continue
         checkpoints.save(values, paths.per_image)
         xs, ys = task_data(splits.test[shown], task, config.binarize, device)
         figures.sample_grid(baseline, cvae, xs, ys, Path(run_dir) / f"samples_q{k}.png",
                             seed=config.seed, title=f"{k} input quadrant{'s' if k > 1 else ''}")
         if paths.history.exists():
             histories[str(k)] = json.loads(paths.history.read_text())
+    if not distributed.is_main():
+        return results, ""
     if histories:
         figures.training_curves(histories, Path(run_dir) / "training_curves.png")
     return results, report.write_results(Path(run_dir), results)

@@ -4,6 +4,13 @@ the best weights kept, and a resumable state saved at every epoch end and on int
 Every random choice comes from a seeded generator whose state is saved, and each epoch's order is a
 fixed function of (seed, epoch), so an interrupted-and-resumed run ends with the same weights, bit
 for bit on CPU, as one that was never interrupted.
+
+Under torchrun (``cvae.distributed``) every process takes the same global batch of ``batch_size`` from the
+epoch's order and computes the loss on its contiguous share of it, weighted so that DistributedDataParallel's
+mean of the gradients is the gradient of the global batch's mean loss, exactly (up to summation order), also
+for a last partial batch. Process r draws its noise from seed + r * NOISE_SEED_STRIDE, so only the CVAE's
+noise differs from a single-process run. The processes agree every CHECK_EVERY steps and at each epoch end on
+the global losses and on a stop request, the validation loss is all-reduced, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -12,17 +19,21 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from . import checkpoints
+from . import checkpoints, distributed
+from .models import CVAE
 from .objectives import training_loss
 
 CHECK_EVERY = 50  # steps between the (synchronizing) finiteness checks and progress-bar updates
 FUSED_ADAM_DEVICES = ("cpu", "cuda")  # one fused kernel per step instead of one per parameter
+NOISE_SEED_STRIDE = 1_000_003  # process r's noise generator starts from seed + r * stride (rank 0: the seed)
 
 
 class TrainingInterrupted(Exception):
@@ -63,17 +74,60 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_examples, generator=generator)
 
 
+def shard(batch: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, float]:
+    """This process's contiguous share of a global batch of indices, and the weight of its mean loss.
+
+    Shares differ by at most one image; weight = share * world / global, so the mean over processes of the
+    weighted losses (what DistributedDataParallel does to their gradients) is the global batch's mean loss.
+    A process left without images (a last batch smaller than the world) gets one image with weight 0, so
+    that it still takes part in the gradient all-reduce. In one process: (batch, 1.0).
+    """
+    part = batch.tensor_split(world)[rank]
+    if part.numel() == 0:
+        return batch[:1], 0.0
+    return part, part.numel() * world / batch.numel()
+
+
+class _Loss(nn.Module):
+    """``settings.loss(model, ...)`` as one module's forward: the loss calls several methods of the model,
+    and DistributedDataParallel all-reduces the gradients of what a forward through it has used."""
+
+    def __init__(self, model: nn.Module, settings: FitSettings) -> None:
+        super().__init__()
+        self.model, self.settings = model, settings
+
+    def forward(self, *batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.settings.loss(self.model, *batch, generator=generator)
+
+
+def distributed_loss(model: nn.Module, settings: FitSettings) -> DistributedDataParallel:
+    """The training loss behind DistributedDataParallel, which all-reduces the gradients of the trainable
+    parameters (not the CVAE's frozen baseline). The GSNN objective does not use the recognition net, whose
+    parameters DDP must then be told to expect no gradient for (they stay None, as in one process)."""
+    device = next(model.parameters()).device
+    return DistributedDataParallel(
+        _Loss(model, settings), device_ids=[device.index] if device.type == "cuda" else None,
+        forward_sync_buffers=False,  # the only buffers are constant masks
+        find_unused_parameters=isinstance(model, CVAE) and settings.objective == "gsnn")
+
+
 @torch.no_grad()
 def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], settings: FitSettings) -> float:
-    """Mean training loss over a dataset (x, y[, filled]), in eval mode and with fixed noise."""
+    """Mean training loss over a dataset (x, y[, filled]), in eval mode and with fixed noise.
+
+    Under torchrun each process takes a contiguous share of the images and the sums are all-reduced, so
+    every process gets the same value (and takes the same early-stopping decision).
+    """
     model.eval()
     device, n = data[0].device, data[0].shape[0]
-    generator = torch.Generator(device).manual_seed(settings.seed)
+    rank, world = distributed.rank(), distributed.world_size()
+    generator = torch.Generator(device).manual_seed(settings.seed + rank * NOISE_SEED_STRIDE)
+    mine = [t.tensor_split(world)[rank] for t in data]
     total = torch.zeros((), device=device)
-    for start in range(0, n, settings.batch_size):
-        batch = [t[start:start + settings.batch_size] for t in data]
+    for start in range(0, mine[0].shape[0], settings.batch_size):
+        batch = [t[start:start + settings.batch_size] for t in mine]
         total += settings.loss(model, *batch, generator=generator) * batch[0].shape[0]
-    return total.item() / n
+    return distributed.all_reduce_sum(total).item() / n
 
 
 def _fresh_state(seed: int) -> dict:
@@ -101,23 +155,26 @@ def fit(
     ``state_path`` exists, training continues from it.
     """
     num_examples, device = train[0].shape[0], train[0].device
-    # Adam's moments of weights whose input pixel is always 0 (MNIST's border) decay geometrically into
-    # denormal floats after ~2 epochs, and denormal arithmetic made CPU epochs 2x slower. Flush them to zero.
-    torch.set_flush_denormal(True)
+    rank, world = distributed.rank(), distributed.world_size()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=settings.lr, fused=device.type in FUSED_ADAM_DEVICES)
-    noise = torch.Generator(device).manual_seed(settings.seed)
+    noise = torch.Generator(device).manual_seed(settings.seed + rank * NOISE_SEED_STRIDE)
 
     state = _fresh_state(settings.seed)
     if state_path.exists():
         state = _resume(state_path, model, optimizer, noise)
     if state["finished"]:
         return state["history"]
+    loss_of = partial(settings.loss, model) if world == 1 else distributed_loss(model, settings)
+    progress = progress and rank == 0
 
     def save_state(epoch: int, step: int, losses: torch.Tensor) -> None:
         state.update(epoch=epoch, step=step, partial_losses=losses.cpu(), model=model.state_dict(),
                      optimizer=optimizer.state_dict(), noise_rng=noise.get_state())
-        checkpoints.save(state, state_path)
+        if world > 1:  # every process's noise state, for an exact resumption with as many processes
+            state["noise_rngs"] = distributed.gather_tensors(noise.get_state()).view(world, -1)
+        if rank == 0:
+            checkpoints.save(state, state_path)
 
     num_batches = math.ceil(num_examples / settings.batch_size)
     for epoch in range(state["epoch"], settings.epochs):
@@ -131,18 +188,21 @@ def fit(
                    desc=f"{desc} epoch {epoch + 1}/{settings.epochs}")
         checked = first_step
         for step in range(first_step, num_batches):
-            batch = order[step * settings.batch_size:(step + 1) * settings.batch_size]
-            loss = settings.loss(model, *(t[batch] for t in train), generator=noise)
+            batch, weight = shard(order[step * settings.batch_size:(step + 1) * settings.batch_size], rank, world)
+            loss = loss_of(*(t[batch] for t in train), generator=noise) * weight
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses[step] = loss.detach()
+            stopping = False
             if step + 1 - checked >= CHECK_EVERY or step + 1 == num_batches:
+                if world > 1:  # the global batches' losses, and a stop request that reached any process
+                    losses[checked:step + 1], stopping = _agree(losses[checked:step + 1], stop)
                 _check_finite(losses, checked, step + 1, epoch, best_path)
                 bar.update(step + 1 - checked)
                 bar.set_postfix(loss=f"{losses[:step + 1].mean().item():.2f}")
                 checked = step + 1
-            if stop is not None and stop.requested:
+            if stopping or (world == 1 and stop is not None and stop.requested):
                 _check_finite(losses, checked, step + 1, epoch, best_path)
                 save_state(epoch, step + 1, losses[:step + 1])
                 bar.close()
@@ -154,18 +214,29 @@ def fit(
         improved = val_loss < state["best_val"]
         if improved:
             state["best_val"], state["bad_epochs"] = val_loss, 0
-            checkpoints.save(checkpoints.model_checkpoint(model), best_path)
+            if rank == 0:
+                checkpoints.save(checkpoints.model_checkpoint(model), best_path)
         else:
             state["bad_epochs"] += 1
         state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                                  "seconds": time.perf_counter() - started})
-        tqdm.write(f"{desc} epoch {epoch + 1}: train {train_loss:.3f}  val {val_loss:.3f}"
-                   + ("  (best)" if improved else ""), file=sys.stderr)
+        if rank == 0:
+            tqdm.write(f"{desc} epoch {epoch + 1}: train {train_loss:.3f}  val {val_loss:.3f}"
+                       + ("  (best)" if improved else ""), file=sys.stderr)
         state["finished"] = state["bad_epochs"] >= settings.patience or epoch + 1 == settings.epochs
         save_state(epoch + 1, 0, losses[:0])
         if state["finished"]:
             break
+    distributed.barrier()  # rank 0 has written the best checkpoint before any process reads it
     return state["history"]
+
+
+def _agree(losses: torch.Tensor, stop: StopFlag | None) -> tuple[torch.Tensor, bool]:
+    """One all-reduce at a check point: the global batches' mean losses (the mean over processes of their
+    weighted losses) and whether any process was asked to stop, so that all check, report and stop alike."""
+    flag = torch.tensor([float(stop is not None and stop.requested)], device=losses.device)
+    reduced = distributed.all_reduce_mean(torch.cat([losses, flag]))
+    return reduced[:-1], bool(reduced[-1] > 0)
 
 
 def _resume(state_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -175,9 +246,10 @@ def _resume(state_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        noise.set_state(state["noise_rng"])
         if missing := sorted(set(_fresh_state(0)) - set(state)):
             raise KeyError(f"no {', '.join(missing)}")
+        if not state["finished"]:  # a finished stage draws no more noise
+            noise.set_state(_noise_state(state))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise checkpoints.CheckpointError(
             f"{state_path} is not a training state for this model and configuration "
@@ -185,6 +257,14 @@ def _resume(state_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
             f"Delete it to restart this stage from scratch, or resume the run that wrote it."
         ) from None
     return state
+
+
+def _noise_state(state: dict) -> torch.Tensor:
+    """This process's saved noise state; a state resumes only with as many processes as wrote it."""
+    states = state.get("noise_rngs", state["noise_rng"].unsqueeze(0))
+    if len(states) != distributed.world_size():
+        raise ValueError(f"it was written by {len(states)} process(es), this run has {distributed.world_size()}")
+    return states[distributed.rank()].clone()  # a tensor of its own: Generator.set_state misreads a row view
 
 
 def _check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int, best_path: Path) -> None:
