@@ -14,7 +14,9 @@ import hashlib
 import importlib.util
 import io
 import struct
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -170,3 +172,12 @@ def unchanged(*roots: Path) -> Iterator[None]:
     yield
     for root, was in zip(roots, before):
         assert snapshot(root) == was, f"files under {root} changed"
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until a subprocess has written path (failing if it exits first or takes too long)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"exited with {proc.returncode} before {path} appeared"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.01)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, invoke, load_script, offline, write_mnist
+from conftest import ROOT, TINY, invoke, load_script, offline, wait_for, write_mnist
 
 from cvae import cli
 
@@ -152,14 +152,6 @@ def test_interrupted_two_process_run_resumes_exactly(mnist: tuple[Path, dict[str
         assert all(torch.equal(one[key], other[key]) for key in one), name
     for key, values in per_image(two_processes[0]).items():
         assert torch.equal(values, per_image(out)[key]), key
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"exited with {proc.returncode} before {path} appeared"
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.01)
 
 
 def free_port() -> int:

@@ -15,14 +15,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import matplotlib.figure
 import numpy
 import pytest
 import torch
-from conftest import ROOT, TINY, invoke, load_script, offline, snapshot, unchanged
+from conftest import ROOT, TINY, invoke, load_script, offline, snapshot, unchanged, wait_for
 
 import cvae.training
 from cvae import checkpoints, cli, data, figures, report
@@ -178,14 +177,6 @@ def test_stop_after_training_skips_evaluation(mnist_dir: Path, tmp_path: Path) -
     assert f"evaluation was skipped. Evaluate it with: python evaluate.py {tmp_path / 'run'}" in err
     assert json.loads((tmp_path / "run/config.json").read_text())["finished"] is True
     assert not (tmp_path / "run/results.json").exists()
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"exited with {proc.returncode} before {path} appeared"
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.01)
 
 
 def test_ctrl_c_in_a_real_process(mnist_dir: Path, tmp_path: Path, script_command) -> None:
