@@ -104,6 +104,7 @@ def paired_table(runs: list[dict], confidence: float = 0.95) -> str:
         for k in sorted(key for key in run if key.isdigit()):
             values = checkpoints.load(Path(run["run_dir"]) / f"q{k}" / "per_image.pt")
             d = paired_difference(values["nn"], values["cvae_is"], confidence)
+            p_value = f"{d['p_value']:.1e}" if d["p_value"] > 0 else "< 1e-300"  # 0.0: below float range
             lines.append(f"| `{run['run_dir']}` | {k} | {d['mean']:.2f} | [{d['ci_low']:.2f}, {d['ci_high']:.2f}] "
-                         f"| {d['p_value']:.1e} |")
+                         f"| {p_value} |")
     return "\n".join(lines) + "\n"

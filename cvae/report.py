@@ -9,6 +9,8 @@ from pathlib import Path
 from .checkpoints import write_json, write_text
 from .evaluation import ROW_NAMES
 
+RECOGNITION_ROWS = ("cvae_elbo", "cvae_is", "gap")  # meaningless for a GSNN, whose recognition net is untrained
+
 
 def _settings(results: dict) -> list[str]:
     return sorted(key for key in results if key.isdigit())
@@ -27,10 +29,16 @@ def markdown_table(results: dict) -> str:
     header = "| negative CLL (nats) | " + " | ".join(
         f"{k} quadrant{'s' if k != '1' else ''}" for k in settings) + " |"
     lines = [header, "|---" * (len(settings) + 1) + "|"]
+    gsnn = results.get("objective") == "gsnn"
     for key in ROW_NAMES:
+        if gsnn and key in RECOGNITION_ROWS:
+            continue
         cells = [f"{results[k][key]['mean']:.2f} ± {results[k][key]['sem']:.2f}" for k in settings]
         lines.append(f"| {_row_label(key, results)} | " + " | ".join(cells) + " |")
     lines.append("")
+    if gsnn:
+        lines.append("GSNN objective: the recognition net is not trained, so the rows that sample from it "
+                     "(negative ELBO, importance sampling, gap) are left out; results.json keeps them.")
     lines.append(f"{results['dataset']}, {results['protocol']} targets, "
                  f"{results['test_examples']} test images; ± is the standard error over images.")
     return "\n".join(lines) + "\n"

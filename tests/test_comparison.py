@@ -38,3 +38,12 @@ def test_paper_table_reports_mean_and_standard_deviation_over_seeds():
     assert "| GSNN (Monte Carlo) | 72.00 (SE 0.50; 1 seed) |" in table
     assert "| NN baseline (exact) | 101.00 ± 1.00 (SE 0.50; 3 seeds) |" in table
     assert "hybrid" not in table.split("\n\n")[0]  # no hybrid runs, no hybrid rows
+
+
+def test_a_gsnn_runs_table_leaves_out_the_rows_that_need_its_untrained_recognition_net():
+    from cvae.report import markdown_table
+    gsnn = result("gsnn", 0, 100.0, 1e5)
+    table = markdown_table(gsnn)
+    assert "CVAE Monte Carlo" in table and "NN baseline" in table
+    assert "importance sampling" not in table.split("\n\n")[0] and "100000" not in table
+    assert "importance sampling" in markdown_table(result("cvae", 0, 100.0, 60.0))
