@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from cvae import checkpoints, cli, distributed
-from cvae.config import RunConfig, environment
+from cvae.config import PRESETS, RunConfig, environment
 from cvae.data import DATASETS, load_splits
 from cvae.experiment import evaluate_run, read_run, train_setting
 from cvae.objectives import OBJECTIVES
@@ -35,6 +35,9 @@ RUN_ARTIFACTS = ("config.json", "results.json", "results.csv", "results.md", "tr
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = RunConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=PRESETS, default=defaults.preset,
+                   help="named defaults: paper (the paper's set-up, the default) or strong (README, 'A stronger "
+                   "configuration'); options given beside it override its values")
     p.add_argument("--quadrants", type=cli.quadrants, nargs="+", default=defaults.quadrants,
                    help="input quadrant settings to run (default: 1 2 3)")
     p.add_argument("--epochs", type=cli.positive_int("--epochs"), default=defaults.epochs)
@@ -51,6 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the CVAE's training objective: cvae (the ELBO, eq. 4), gsnn (eq. 9) or hybrid (eq. 10)")
     p.add_argument("--alpha", type=cli.unit_interval("--alpha"), default=defaults.alpha,
                    help="weight of the ELBO in the hybrid objective (default 0.5)")
+    p.add_argument("--iw-samples", type=cli.positive_int("--iw-samples"), default=defaults.iw_samples,
+                   help="samples of z per image in the iwae objective (default 5)")
+    p.add_argument("--lr-decay", type=cli.decay_factor("--lr-decay"), default=defaults.lr_decay,
+                   help="the learning rate of epoch e (from 0) is lr * lr_decay ** e (default 1: constant)")
     p.add_argument("--dataset", choices=DATASETS, default=defaults.dataset)
     p.add_argument("--binarize", action="store_true",
                    help="binarize the targets at 0.5 (default: grayscale targets, as the tutorial)")
@@ -69,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     group.add_argument("--resume", metavar="RUN_DIR",
                        help="continue an interrupted run with its saved configuration (options that would "
                        "change it are refused; --data-dir, --device, --no-eval, --no-progress may be given)")
+    preset, _ = p.parse_known_args(argv)
+    p.set_defaults(**PRESETS[preset.preset])
     args = p.parse_args(argv)
     # parsed again with every default None, to tell which options were given (see choose_run)
     p.set_defaults(**dict.fromkeys(vars(args)))
@@ -80,7 +89,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         quadrants=sorted(set(args.quadrants)), epochs=args.epochs, patience=args.patience,
         batch_size=args.batch_size, lr=args.lr, z_dim=args.z_dim, hidden=args.hidden,
-        seed=args.seed, objective=args.objective, alpha=args.alpha,
+        seed=args.seed, objective=args.objective, alpha=args.alpha, iw_samples=args.iw_samples,
+        lr_decay=args.lr_decay, preset=args.preset,
         dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
         train_subset=args.train_subset, num_samples=args.num_samples)
 

@@ -71,6 +71,10 @@ def unit_interval(what: str) -> Callable[[str], float]:
     return lambda text: _real(text, what, lambda v: 0 <= v <= 1, "a number from 0 to 1, e.g. 0.5")
 
 
+def decay_factor(what: str) -> Callable[[str], float]:
+    return lambda text: _real(text, what, lambda v: 0 < v <= 1, "a number above 0 and at most 1, e.g. 0.95")
+
+
 def hidden_sizes(text: str) -> list[int]:
     parts = text.replace("-", ",").split(",")
     if not all(part.strip().isdecimal() and int(part) > 0 for part in parts):

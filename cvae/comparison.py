@@ -11,6 +11,7 @@ import scipy.stats
 import torch
 
 from . import checkpoints
+from .config import RunConfig
 
 # Published negative CLLs (nats) for 1 / 2 / 3 input quadrants (shared/REFERENCE.md), shown beside ours.
 PUBLISHED = {
@@ -20,7 +21,7 @@ PUBLISHED = {
     "Pyro tutorial: CVAE (reported as Monte Carlo; a negative ELBO)": (71.8, 51.0, 24.2),
 }
 
-# (row label, objective of the runs it comes from, estimator key in results.json)
+# (row label, family of the runs it comes from (see family()), estimator key in results.json)
 PAPER_ROWS = [
     ("NN baseline (exact)", None, "nn"),
     ("GSNN (Monte Carlo)", "gsnn", "cvae_mc"),
@@ -30,7 +31,18 @@ PAPER_ROWS = [
     ("hybrid (Monte Carlo)", "hybrid", "cvae_mc"),
     ("hybrid (importance sampling)", "hybrid", "cvae_is"),
     ("Performance gap (NN - CVAE IS)", "cvae", "gap"),
+    ("IWAE-trained CVAE (importance sampling)", "iwae", "cvae_is"),
+    ("Strong preset: NN baseline (exact)", "strong", "nn"),
+    ("Strong preset: CVAE (Monte Carlo)", "strong", "cvae_mc"),
+    ("Strong preset: CVAE (importance sampling)", "strong", "cvae_is"),
+    ("Strong preset: performance gap (NN - CVAE IS)", "strong", "gap"),
 ]
+FAMILIES = ("cvae", "gsnn", "hybrid", "iwae", "strong")
+
+
+def family(run: dict) -> str:
+    """Which rows a run fills: "strong" for the strong preset's runs, else its training objective."""
+    return "strong" if run.get("preset") == "strong" else run.get("objective", "cvae")
 
 
 def paired_difference(a: torch.Tensor, b: torch.Tensor, confidence: float = 0.95) -> dict[str, float]:
@@ -52,7 +64,8 @@ def load_runs(run_dirs: list[Path]) -> list[dict]:
         path = Path(run_dir) / "results.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: evaluate the run first (python evaluate.py {run_dir}).")
-        runs.append(json.loads(path.read_text()) | {"run_dir": str(run_dir)})
+        config = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+        runs.append(json.loads(path.read_text()) | {"run_dir": str(run_dir), "config": config})
     return runs
 
 
@@ -72,19 +85,43 @@ def paper_table(runs: list[dict]) -> str:
     """Markdown: one row per model and estimator, one column per setting; each cell the mean over seeds ± their
     standard deviation, with the mean per-image standard error (SE)."""
     settings = sorted({key for run in runs for key in run if key.isdigit()})
-    by_objective = {objective: [r for r in runs if r.get("objective", "cvae") == objective]
-                    for objective in ("cvae", "gsnn", "hybrid")}
+    by_family = {name: [r for r in runs if family(r) == name] for name in FAMILIES}
     lines = ["| negative CLL (nats) | " + " | ".join(f"{k} quadrant{'s' if k != '1' else ''}" for k in settings)
              + " |", "|---" * (len(settings) + 1) + "|"]
-    for label, objective, key in PAPER_ROWS:
-        chosen = by_objective[objective] if objective else (by_objective["cvae"] or runs)
+    for label, name, key in PAPER_ROWS:
+        chosen = by_family[name] if name else (by_family["cvae"] or [r for r in runs if family(r) != "strong"])
         if chosen:
             lines.append(f"| {label} | " + " | ".join(_cell(chosen, k, key) for k in settings) + " |")
     samples = sorted({run["num_samples"] for run in runs})
     lines.append(f"\nS = {', '.join(map(str, samples))} samples per test image; "
                  f"{runs[0]['test_examples']} test images; {runs[0]['dataset']}, {runs[0]['protocol']} targets. "
-                 "Runs: " + ", ".join(f"`{r['run_dir']}` ({r.get('objective', 'cvae')}, seed {r.get('seed', '?')})"
+                 "Runs: " + ", ".join(f"`{r['run_dir']}` ({family(r)}, seed {r.get('seed', '?')})"
                                       for r in runs) + ".")
+    return "\n".join(lines) + "\n"
+
+
+# settings that say where and how a run was made, not what was trained
+NOT_ABLATED = {"quadrants", "seed", "data_dir", "num_samples", "preset"}
+
+
+def changes(config: dict) -> str:
+    """What a run's configuration changes from the paper's (RunConfig defaults), e.g. "hidden 1000-1000"."""
+    paper = RunConfig().to_dict()
+    changed = [f"{name.replace('_', ' ')} {'-'.join(map(str, value)) if isinstance(value, list) else value}"
+               for name, value in config.items() if name in paper and name not in NOT_ABLATED and value != paper[name]]
+    return ", ".join(changed) or "none (the paper's set-up)"
+
+
+def ablation_table(runs: list[dict]) -> str:
+    """Markdown: one row per run, labelled by what its configuration changes from the paper's, with the CVAE's
+    importance-sampled CLL and the NN's per setting (this run's seed; ± the per-image standard error)."""
+    settings = sorted({key for run in runs for key in run if key.isdigit()})
+    lines = ["| changes from the paper's set-up | seed | " + " | ".join(f"CVAE IS, {k}q" for k in settings) + " | "
+             + " | ".join(f"NN, {k}q" for k in settings) + " |", "|---" * (2 * len(settings) + 2) + "|"]
+    for run in runs:
+        cells = [f"{run[k][key]['mean']:.2f} ± {run[k][key]['sem']:.2f}" if k in run else "—"
+                 for key in ("cvae_is", "nn") for k in settings]
+        lines.append(f"| {changes(run['config'])} | {run.get('seed', '?')} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -95,11 +132,12 @@ def published_table() -> str:
 
 
 def paired_table(runs: list[dict], confidence: float = 0.95) -> str:
-    """Per CVAE run and setting: NN minus CVAE (importance sampling) on the same test images, with its CI."""
+    """Per CVAE run (ELBO-trained or strong preset) and setting: NN minus CVAE (importance sampling) on the same
+    test images, with its CI."""
     lines = [f"| run | setting | NN - CVAE IS (nats) | {confidence:.0%} CI | paired t-test p |",
              "|---|---|---|---|---|"]
     for run in runs:
-        if run.get("objective", "cvae") != "cvae":
+        if family(run) not in ("cvae", "strong"):
             continue
         for k in sorted(key for key in run if key.isdigit()):
             values = checkpoints.load(Path(run["run_dir"]) / f"q{k}" / "per_image.pt")

@@ -24,8 +24,11 @@ class RunConfig:
     z_dim: int = 200
     hidden: list[int] = field(default_factory=lambda: [500, 500])
     seed: int = 0
-    objective: str = "cvae"  # "cvae" (ELBO), "gsnn" or "hybrid" (objectives.py)
+    objective: str = "cvae"  # "cvae" (ELBO), "gsnn", "hybrid" or "iwae" (objectives.py)
     alpha: float = 0.5  # the ELBO's weight in the hybrid objective
+    iw_samples: int = 5  # samples of z per image in the importance-weighted objective ("iwae")
+    lr_decay: float = 1.0  # learning rate of epoch e (from 0): lr * lr_decay ** e
+    preset: str = "paper"  # the named set of defaults the run started from (PRESETS)
     dataset: str = "mnist"
     binarize: bool = False
     data_dir: str = "data"
@@ -43,6 +46,13 @@ class RunConfig:
     @property
     def protocol(self) -> str:
         return "binarized" if self.binarize else "grayscale"
+
+
+# Named sets of defaults (train.py --preset); options given beside a preset override its values.
+PRESETS: dict[str, dict] = {
+    "paper": {},  # the RunConfig defaults: the paper's set-up
+    "strong": {"objective": "iwae", "iw_samples": 5},  # README, "A stronger configuration"
+}
 
 
 def environment() -> dict:

@@ -91,7 +91,7 @@ def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, devi
     train = task_data(train_images, task, config.binarize, device)
     val = task_data(splits.val, task, config.binarize, device)
     settings = FitSettings(config.epochs, config.patience, config.batch_size, config.lr, config.seed,
-                           config.objective, config.alpha)
+                           config.objective, config.alpha, config.iw_samples, config.lr_decay)
 
     torch.manual_seed(config.seed * 10 + k)  # initial weights, the same whether resumed or not
     baseline = BaselineNet(k, config.hidden).to(device)
@@ -148,7 +148,7 @@ def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch
     """
     test_images = splits.test if test_subset is None else splits.test[:test_subset]
     results: dict = {"dataset": config.dataset, "protocol": config.protocol, "objective": config.objective,
-                     "alpha": config.alpha, "seed": config.seed,
+                     "alpha": config.alpha, "seed": config.seed, "preset": config.preset,
                      "num_samples": num_samples, "test_examples": int(test_images.shape[0])}
     histories = {}
     # one test digit of each class, the first in test order, for the sample grids

@@ -1,17 +1,19 @@
 """Training objectives, per image (Sohn et al. 2015, section 4): the CVAE's ELBO, the GSNN objective and
-their hybrid, and the baseline's exact log-likelihood.
+their hybrid, the importance-weighted bound (Burda et al. 2016), and the baseline's exact log-likelihood.
 
 The training losses are the negatives of these, averaged over a batch (``training_loss``).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .distributions import kl_divergence
 from .models import CVAE, BaselineNet
 
-OBJECTIVES = ("cvae", "gsnn", "hybrid")
+OBJECTIVES = ("cvae", "gsnn", "hybrid", "iwae")
 
 
 def elbo(
@@ -69,6 +71,29 @@ def hybrid_objective(
             + (1 - alpha) * gsnn_objective(model, x, y, 1, generator, filled))
 
 
+def importance_weighted_bound(
+    model: CVAE,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_samples: int,
+    generator: torch.Generator | None = None,
+    filled: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The importance-weighted bound on log p(y|x), per image (Burda et al. 2016, eq. 8, made conditional):
+
+        L_K(x, y) = log (1/K) sum_{k=1}^{K} p(y|x, z_k) p(z_k|x) / q(z_k|x,y),   z_k ~ q(z|x,y) (reparameterized).
+
+    The log of the importance-sampled estimate of p(y|x) that the evaluation uses, so training maximizes what is
+    reported. ELBO = E[L_1] <= E[L_K] <= E[L_{K+1}] <= log p(y|x). x, y: (N, 784) -> (N,).
+    """
+    context = model.context(x, filled)
+    posterior = model.posterior(x, y)
+    z = posterior.rsample((num_samples,), generator=generator)  # (K, N, z_dim)
+    log_weights = (model.log_likelihood(x, y, z, context) + model.prior(x, context).log_prob(z)
+                   - posterior.log_prob(z))
+    return torch.logsumexp(log_weights, dim=0) - math.log(num_samples)
+
+
 def training_loss(
     model: BaselineNet | CVAE,
     x: torch.Tensor,
@@ -78,10 +103,12 @@ def training_loss(
     generator: torch.Generator | None = None,
     objective: str = "cvae",
     alpha: float = 0.5,
+    iw_samples: int = 5,
 ) -> torch.Tensor:
     """The batch-mean loss a model is trained on, in nats per image: the baseline's -log p(y|x)
     (exact); for the CVAE the negative of its objective ("cvae": the ELBO, "gsnn", or "hybrid" with
-    weight alpha on the ELBO), with one sample of z."""
+    weight alpha on the ELBO, with one sample of z; "iwae": the importance-weighted bound with
+    iw_samples samples of z)."""
     if not isinstance(model, CVAE):
         return -model.log_likelihood(x, y).mean()
     if objective == "cvae":
@@ -90,4 +117,6 @@ def training_loss(
         return -gsnn_objective(model, x, y, 1, generator, filled).mean()
     if objective == "hybrid":
         return -hybrid_objective(model, x, y, alpha, generator, filled).mean()
+    if objective == "iwae":
+        return -importance_weighted_bound(model, x, y, iw_samples, generator, filled).mean()
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")

@@ -63,9 +63,16 @@ class FitSettings:
     seed: int = 0
     objective: str = "cvae"  # what a CVAE is trained on (objectives.training_loss); the baseline ignores it
     alpha: float = 0.5
+    iw_samples: int = 5  # samples of z per image for the "iwae" objective
+    lr_decay: float = 1.0  # the learning rate of epoch e (from 0) is lr * lr_decay ** e
 
     def loss(self, model: nn.Module, *batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return training_loss(model, *batch, generator=generator, objective=self.objective, alpha=self.alpha)
+        return training_loss(model, *batch, generator=generator, objective=self.objective, alpha=self.alpha,
+                             iw_samples=self.iw_samples)
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of an epoch (counted from 0): exponential decay, lr * lr_decay ** epoch."""
+        return self.lr * self.lr_decay ** epoch
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
@@ -181,6 +188,8 @@ def fit(
         started = time.perf_counter()
         first_step = state["step"] if epoch == state["epoch"] else 0
         order = epoch_order(num_examples, settings.seed, epoch).to(device)
+        for group in optimizer.param_groups:  # a function of the epoch alone, so a resumed run agrees
+            group["lr"] = settings.lr_at(epoch)
         losses = torch.empty(num_batches, device=device)
         losses[:first_step] = state["partial_losses"].to(device)[:first_step]
         model.train()

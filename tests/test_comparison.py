@@ -5,7 +5,8 @@ import pytest
 import scipy.stats
 import torch
 
-from cvae.comparison import paired_difference, paper_table
+from cvae.comparison import ablation_table, changes, paired_difference, paper_table
+from cvae.config import PRESETS, RunConfig
 
 
 def test_paired_difference_matches_scipys_t_interval_and_test():
@@ -21,9 +22,11 @@ def test_paired_difference_matches_scipys_t_interval_and_test():
     assert d["ci_low"] < 0.2 < d["ci_high"]
 
 
-def result(objective: str, seed: int, nn: float, cvae_is: float) -> dict:
+def result(objective: str, seed: int, nn: float, cvae_is: float, preset: str = "paper") -> dict:
     cell = lambda mean: {"mean": mean, "sem": 0.5}  # noqa: E731
-    return {"objective": objective, "seed": seed, "num_samples": 100, "test_examples": 10000,
+    config = RunConfig(**PRESETS[preset], seed=seed, preset=preset).to_dict() | {"objective": objective}
+    return {"objective": objective, "seed": seed, "preset": preset, "config": config, "num_samples": 100,
+            "test_examples": 10000,
             "dataset": "mnist", "protocol": "grayscale", "run_dir": f"runs/{objective}{seed}",
             "1": {"nn": cell(nn), "cvae_elbo": cell(cvae_is + 5), "cvae_mc": cell(cvae_is + 2),
                   "cvae_is": cell(cvae_is), "gap": cell(nn - cvae_is)}}
@@ -47,3 +50,26 @@ def test_a_gsnn_runs_table_leaves_out_the_rows_that_need_its_untrained_recogniti
     assert "CVAE Monte Carlo" in table and "NN baseline" in table
     assert "importance sampling" not in table.split("\n\n")[0] and "100000" not in table
     assert "importance sampling" in markdown_table(result("cvae", 0, 100.0, 60.0))
+
+
+def test_strong_preset_runs_get_rows_of_their_own():
+    runs = [result("cvae", 0, 100.0, 65.0), result("cvae", 1, 100.0, 65.0)]
+    runs += [result(PRESETS["strong"].get("objective", "cvae"), seed, 98.0 + seed, 58.0 + seed, "strong")
+             for seed in range(3)]
+    table = paper_table(runs).split("\n\n")[0]
+    assert "| CVAE (importance sampling) | 65.00 ± 0.00 (SE 0.50; 2 seeds) |" in table
+    assert "| NN baseline (exact) | 100.00 ± 0.00 (SE 0.50; 2 seeds) |" in table
+    assert "| Strong preset: CVAE (importance sampling) | 59.00 ± 1.00 (SE 0.50; 3 seeds) |" in table
+    assert "| Strong preset: NN baseline (exact) | 99.00 ± 1.00 (SE 0.50; 3 seeds) |" in table
+    assert "| Strong preset: performance gap (NN - CVAE IS) | 40.00 ± 0.00 (SE 0.50; 3 seeds) |" in table
+
+
+def test_ablation_rows_name_what_each_run_changes_from_the_papers_set_up():
+    paper = RunConfig().to_dict()
+    assert changes(paper) == "none (the paper's set-up)"
+    assert changes(paper | {"hidden": [1000, 1000], "seed": 4, "lr_decay": 0.9}) == "hidden 1000-1000, lr decay 0.9"
+    runs = [result("cvae", 0, 100.0, 65.0), result("iwae", 0, 100.0, 63.0) | {"seed": 1}]
+    runs[1]["config"] |= {"iw_samples": 10}
+    table = ablation_table(runs)
+    assert "| none (the paper's set-up) | 0 | 65.00 ± 0.50 | 100.00 ± 0.50 |" in table
+    assert "| objective iwae, iw samples 10 | 1 | 63.00 ± 0.50 | 100.00 ± 0.50 |" in table

@@ -8,7 +8,7 @@ import torch
 
 from cvae import CVAE, BaselineNet, QuadrantTask
 from cvae.estimators import cll_importance, cll_monte_carlo, negative_elbo
-from cvae.objectives import elbo, gsnn_objective, hybrid_objective, training_loss
+from cvae.objectives import elbo, gsnn_objective, hybrid_objective, importance_weighted_bound, training_loss
 
 NUM_IMAGES = 4
 
@@ -156,6 +156,48 @@ def test_hybrid_objective_is_the_alpha_mixture_of_elbo_and_gsnn(setup):
         torch.testing.assert_close(loss, -(0.3 * cvae_part + 0.7 * gsnn_part).mean())
         with pytest.raises(ValueError, match="objective must be one of"):
             training_loss(model, x, y, objective="vae")
+
+
+def test_importance_weighted_bound_is_the_log_of_the_importance_sampled_estimate(setup, monkeypatch):
+    """The training objective "iwae" is, on the same draws, minus the IS estimator the evaluation reports."""
+    import cvae.estimators as estimators
+    model, x, y, _ = setup
+    monkeypatch.setattr(estimators, "MAX_ROWS", 10**9)  # one chunk: the same draws as the bound
+    with torch.no_grad():
+        bound = importance_weighted_bound(model, x, y, 7, gen(8))
+        torch.testing.assert_close(-bound, cll_importance(model, x, y, 7, gen(8)))
+        loss = training_loss(model, x, y, generator=gen(8), objective="iwae", iw_samples=7)
+    torch.testing.assert_close(loss, -bound.mean())
+
+
+def test_importance_weighted_bound_rises_from_the_elbo_to_the_log_likelihood(setup):
+    """E[L_1] = ELBO <= E[L_10] <= E[L_1000] <= log p(y|x) (Burda et al. 2016, theorem 1), with the ELBO's
+    KL in closed form and log p(y|x) by quadrature."""
+    model, x, y, exact = setup
+
+    def draws(k: int, repeats: int, seed: int) -> torch.Tensor:  # (repeats, images) independent L_k
+        with torch.no_grad():
+            bound = importance_weighted_bound(model, x.repeat(repeats, 1), y.repeat(repeats, 1), k, gen(seed))
+        return bound.view(repeats, NUM_IMAGES)
+
+    single, ten, thousand = draws(1, 20_000, 9), draws(10, 2000, 10), draws(1000, 20, 11)
+    with torch.no_grad():
+        expected_elbo = elbo(model, x, y, 50_000, gen(12))
+    standard_error = single.std(0) / math.sqrt(single.shape[0])
+    assert ((single.mean(0) - expected_elbo).abs() < 4 * standard_error + 1e-3).all()
+    means = [expected_elbo, ten.mean(0), thousand.mean(0)]
+    assert (means[0] < means[1] - 0.01).all() and (means[1] < means[2]).all(), means
+    gaps = [-m - exact for m in means]  # each above 0 up to noise, shrinking towards it
+    assert (gaps[2] > -0.02).all() and (gaps[2] < 0.1).all() and (gaps[2] < gaps[1]).all(), gaps
+
+
+def test_importance_weighted_bound_trains_all_three_networks():
+    model = small_cvae(2)
+    x, y = images()
+    training_loss(model, x, y, generator=gen(11), objective="iwae", iw_samples=3).backward()
+    for net in (model.recognition_net, model.prior_net, model.generation_net):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters()), net
+    assert all(p.grad is None for p in model.baseline.parameters())  # frozen
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5])
