@@ -171,6 +171,22 @@ def test_interrupted_run_resumes_bit_identically(mnist_dir: Path, tmp_path: Path
     assert_same_run(reference, out)
 
 
+def test_strong_preset_with_decaying_learning_rate_resumes_bit_identically(mnist_dir: Path, tmp_path: Path) -> None:
+    extra = ["--preset", "strong", "--iw-samples", "3", "--lr-decay", "0.5", "--no-eval"]
+    status, err = train(mnist_dir, tmp_path / "whole", *extra)
+    assert status == 0, err
+    config = json.loads((tmp_path / "whole/config.json").read_text())["config"]
+    chosen = (config["preset"], config["objective"], config["iw_samples"], config["lr_decay"])
+    assert chosen == ("strong", "iwae", 3, 0.5)
+    state = torch.load(tmp_path / "whole/q2/cvae_state.pt", weights_only=True)
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [1e-3 * 0.5]  # epoch 2's
+    status, err = train(mnist_dir, tmp_path / "cut", *extra, stop=StopAfter(12))  # at the CVAE's first epoch end
+    assert status == cli.EXIT_INTERRUPTED, err
+    status, err = invoke(train_script.main, [*RESUME, str(tmp_path / "cut")])
+    assert status == 0, err
+    assert_same_run(tmp_path / "whole", tmp_path / "cut", evaluated=False)
+
+
 def test_stop_after_training_skips_evaluation(mnist_dir: Path, tmp_path: Path) -> None:
     status, err = train(mnist_dir, tmp_path / "run", stop=StopAfter(17))  # 16 steps, then train.py's check
     assert status == cli.EXIT_INTERRUPTED, err
