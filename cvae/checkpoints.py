@@ -87,11 +87,16 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     return obj
 
 
+# what a checkpoint written before an option existed was made with
+CHECKPOINT_DEFAULTS = {"autoregressive": 0}
+
+
 def model_checkpoint(model: BaselineNet | CVAE) -> dict:
     """The dict saved for a trained model: its kind, the configuration that builds it, its weights."""
     config = {"num_quadrants": model.task.num_quadrants, "hidden": list(model.hidden)}
     if isinstance(model, CVAE):
-        config.update(z_dim=model.z_dim, baseline_hidden=list(model.baseline.hidden))
+        config.update(z_dim=model.z_dim, baseline_hidden=list(model.baseline.hidden),
+                      autoregressive=model.autoregressive)
     kind = "cvae" if isinstance(model, CVAE) else "baseline"
     return {"kind": kind, "config": config, "state_dict": model.state_dict()}
 
@@ -105,7 +110,7 @@ def build_model(checkpoint: dict, path: str | Path = "<checkpoint>") -> Baseline
             model = BaselineNet(k, config["hidden"])
         elif kind == "cvae":
             baseline = BaselineNet(k, config["baseline_hidden"])
-            model = CVAE(baseline, config["z_dim"], config["hidden"])
+            model = CVAE(baseline, config["z_dim"], config["hidden"], config.get("autoregressive", 0))
         else:
             raise KeyError(f"kind {kind!r}")
         model.load_state_dict(checkpoint["state_dict"])
@@ -119,7 +124,7 @@ def build_model(checkpoint: dict, path: str | Path = "<checkpoint>") -> Baseline
 
 def expect_config(checkpoint: dict, expected: dict, path: str | Path) -> None:
     """Refuse a checkpoint whose configuration differs from what the run's configuration says."""
-    config = checkpoint.get("config", {})
+    config = CHECKPOINT_DEFAULTS | checkpoint.get("config", {})
     wrong = {key: (config.get(key), value) for key, value in expected.items()
              if config.get(key) != value}
     if wrong:

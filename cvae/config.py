@@ -23,6 +23,7 @@ class RunConfig:
     lr: float = 1e-3
     z_dim: int = 200
     hidden: list[int] = field(default_factory=lambda: [500, 500])
+    autoregressive: int = 0  # channels of the generation net's LocalAutoregression term (0: none, the paper's)
     seed: int = 0
     objective: str = "cvae"  # "cvae" (ELBO), "gsnn", "hybrid" or "iwae" (objectives.py)
     alpha: float = 0.5  # the ELBO's weight in the hybrid objective

@@ -59,7 +59,7 @@ def _reduce_samples(
     results = []
     for block in _blocks(x.shape[0], IMAGE_BLOCK):
         xb, yb = x[block], y[block]
-        context = model.context(xb)
+        context = model.context(xb, y=yb)
         prior = model.prior(xb, context)
         posterior = model.posterior(xb, yb)
         source = prior if proposal == "prior" else posterior

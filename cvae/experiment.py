@@ -100,7 +100,7 @@ def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, devi
 
     torch.manual_seed(config.seed * 10 + k + 5)
     best_baseline = load_model(paths.baseline, "baseline", k, config, device)
-    cvae = CVAE(best_baseline, config.z_dim, config.hidden).to(device)
+    cvae = CVAE(best_baseline, config.z_dim, config.hidden, config.autoregressive).to(device)
     train, val = (*train, fill(best_baseline, train[0])), (*val, fill(best_baseline, val[0]))
     histories["cvae"] = fit(cvae, train, val, settings, paths.cvae, paths.cvae_state, stop,
                             progress, f"q{k} cvae")
@@ -133,7 +133,7 @@ def load_model(path: Path, kind: str, k: int, config: RunConfig,
             f"checkpoint {path} holds a {checkpoint.get('kind')!r} model, expected {kind!r}.")
     expected = {"num_quadrants": k, "hidden": list(config.hidden)}
     if kind == "cvae":
-        expected["z_dim"] = config.z_dim
+        expected.update(z_dim=config.z_dim, autoregressive=config.autoregressive)
     checkpoints.expect_config(checkpoint, expected, path)
     return checkpoints.build_model(checkpoint, path).to(device)
 

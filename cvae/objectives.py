@@ -31,7 +31,7 @@ def elbo(
     with the KL in closed form and z_l reparameterized, so the gradient flows to all three networks.
     x, y: (N, 784) -> (N,); filled: the baseline's x_filled (N, 784), computed when not given.
     """
-    context = model.context(x, filled)
+    context = model.context(x, filled, y)
     posterior = model.posterior(x, y)
     z = posterior.rsample((num_samples,), generator=generator)  # (L, N, z_dim)
     reconstruction = model.log_likelihood(x, y, z, context).mean(0)
@@ -53,7 +53,7 @@ def gsnn_objective(
     the ELBO with the prior network as the proposal, so training samples z as testing does and the
     recognition network is not used. x, y: (N, 784) -> (N,).
     """
-    context = model.context(x, filled)
+    context = model.context(x, filled, y)
     z = model.prior(x, context).rsample((num_samples,), generator=generator)
     return model.log_likelihood(x, y, z, context).mean(0)
 
@@ -86,7 +86,7 @@ def importance_weighted_bound(
     The log of the importance-sampled estimate of p(y|x) that the evaluation uses, so training maximizes what is
     reported. ELBO = E[L_1] <= E[L_K] <= E[L_{K+1}] <= log p(y|x). x, y: (N, 784) -> (N,).
     """
-    context = model.context(x, filled)
+    context = model.context(x, filled, y)
     posterior = model.posterior(x, y)
     z = posterior.rsample((num_samples,), generator=generator)  # (K, N, z_dim)
     log_weights = (model.log_likelihood(x, y, z, context) + model.prior(x, context).log_prob(z)

@@ -115,3 +115,74 @@ def test_precomputed_fill_gives_the_same_elbo():
     a = elbo(model, x, y, 4, torch.Generator().manual_seed(1))
     b = elbo(model, x, y, 4, torch.Generator().manual_seed(1), filled)
     torch.testing.assert_close(a, b)
+
+
+def autoregressive_model(k: int = 2) -> CVAE:
+    torch.manual_seed(1)
+    model = CVAE(BaselineNet(k, hidden=(16, 16)), z_dim=3, hidden=(16, 16), autoregressive=4)
+    nn.init.normal_(model.autoregression.out.weight, std=0.5)  # starts at zero: make the term non-trivial
+    return model.eval()
+
+
+def test_autoregressive_term_sees_only_earlier_pixels_of_y():
+    model = autoregressive_model()
+    x, y = data()
+    filled = model.baseline.fill(x)
+    before = model._autoregressive(x, y, filled)
+    outputs = model.output_mask.nonzero()[:, 0]
+    j = 100  # an output pixel in the middle of y, raster order
+    changed = y.clone()
+    changed[:, outputs[j]] += 0.5
+    after = model._autoregressive(x, changed, filled)
+    assert torch.equal(after[:, :j + 1], before[:, :j + 1])  # itself and every earlier pixel: unchanged
+    assert not torch.equal(after[:, j + 1:], before[:, j + 1:])  # later neighbours see it
+
+
+def test_autoregressive_likelihood_is_normalized_over_the_last_pixels():
+    """Sum over the 2^3 binary values of y's last three pixels of p(those | everything before) = 1."""
+    model = autoregressive_model()
+    x, y = data(n=2)
+    y = (y > 0.5).double() * (y >= 0)  # binary targets
+    model = model.double()
+    x, z = x.double(), torch.randn(2, 3, dtype=torch.float64)
+    last = model.output_mask.nonzero()[-3:, 0]
+    total = torch.zeros(2, dtype=torch.float64)
+    for bits in range(8):
+        candidate = y.clone()
+        candidate[:, last] = torch.tensor([(bits >> b) & 1 for b in range(3)], dtype=torch.float64)
+        total += (model.log_likelihood(x, candidate, z) - model.log_likelihood(x, candidate.index_fill(1, last, 0), z)
+                  + _log_prob_of_zeros(model, x, candidate, z, last)).exp()
+    torch.testing.assert_close(total, torch.ones(2, dtype=torch.float64))
+
+
+def _log_prob_of_zeros(model: CVAE, x, y, z, last) -> torch.Tensor:
+    """log p(y's last pixels = 0 | earlier pixels of y): the factors of those pixels with all three set to 0."""
+    zeros = y.index_fill(1, last, 0)
+    context = model.context(x, y=zeros)
+    logits = model.logits(x, z, context) + context.autoregressive
+    return -nn.functional.softplus(logits[:, -3:]).sum(-1)
+
+
+def test_autoregressive_term_starts_at_zero_and_is_cached_per_image():
+    torch.manual_seed(0)
+    model = CVAE(BaselineNet(2, hidden=(16, 16)), z_dim=3, hidden=(16, 16), autoregressive=4)
+    x, y = data()
+    z = torch.randn(5, 6, 3)
+    plain = bernoulli_log_likelihood(model.logits(x, z), y[:, model.output_mask])
+    torch.testing.assert_close(model.log_likelihood(x, y, z), plain)  # a fresh term adds nothing
+    model = autoregressive_model()
+    cached = model.log_likelihood(x, y, z, model.context(x, y=y))
+    torch.testing.assert_close(model.log_likelihood(x, y, z, model.context(x)), cached)  # computed on the fly
+    assert not torch.allclose(cached, bernoulli_log_likelihood(model.logits(x, z), y[:, model.output_mask]))
+
+
+def test_autoregressive_samples_are_each_pixels_mean_given_the_earlier_ones():
+    model = autoregressive_model()
+    x, _ = data(n=3)
+    samples = model.sample(x, 2, torch.Generator().manual_seed(0))
+    assert samples.shape == (2, 3, 784)
+    assert torch.equal(samples[:, :, ~model.output_mask], x[:, ~model.output_mask].expand(2, 3, -1))
+    z = model.prior(x).rsample((2,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # teacher-forced on its own output, the model reproduces it: a fixed point
+        a = torch.stack([model._autoregressive(x, s, model.baseline.fill(x)) for s in samples])
+        torch.testing.assert_close(torch.sigmoid(model.logits(x, z) + a), samples[:, :, model.output_mask])
