@@ -52,7 +52,7 @@ class RunConfig:
 # Named sets of defaults (train.py --preset); options given beside a preset override its values.
 PRESETS: dict[str, dict] = {
     "paper": {},  # the RunConfig defaults: the paper's set-up
-    "strong": {"objective": "iwae", "iw_samples": 5},  # README, "A stronger configuration"
+    "strong": {"autoregressive": 16},  # README, "A stronger configuration"
 }
 
 

@@ -172,12 +172,12 @@ def test_interrupted_run_resumes_bit_identically(mnist_dir: Path, tmp_path: Path
 
 
 def test_strong_preset_with_decaying_learning_rate_resumes_bit_identically(mnist_dir: Path, tmp_path: Path) -> None:
-    extra = ["--preset", "strong", "--iw-samples", "3", "--lr-decay", "0.5", "--no-eval"]
+    extra = ["--preset", "strong", "--objective", "iwae", "--iw-samples", "3", "--lr-decay", "0.5", "--no-eval"]
     status, err = train(mnist_dir, tmp_path / "whole", *extra)
     assert status == 0, err
     config = json.loads((tmp_path / "whole/config.json").read_text())["config"]
-    chosen = (config["preset"], config["objective"], config["iw_samples"], config["lr_decay"])
-    assert chosen == ("strong", "iwae", 3, 0.5)
+    chosen = (config["preset"], config["autoregressive"], config["objective"], config["iw_samples"], config["lr_decay"])
+    assert chosen == ("strong", 16, "iwae", 3, 0.5)  # the preset's value, and the options given beside it
     state = torch.load(tmp_path / "whole/q2/cvae_state.pt", weights_only=True)
     assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [1e-3 * 0.5]  # epoch 2's
     status, err = train(mnist_dir, tmp_path / "cut", *extra, stop=StopAfter(12))  # at the CVAE's first epoch end
