@@ -49,10 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--z-dim", type=cli.positive_int("--z-dim"), default=defaults.z_dim)
     p.add_argument("--hidden", type=cli.hidden_sizes, default=defaults.hidden,
                    help="hidden layer widths of every network, e.g. 500,500")
-    p.add_argument("--autoregressive", type=cli.non_negative_int("--autoregressive"),
-                   default=defaults.autoregressive, metavar="CHANNELS",
-                   help="channels of a locally autoregressive term in the generation net's logits (README, 'A "
-                   "stronger configuration'); 0, the default, is the paper's factorized decoder")
+    p.add_argument("--autoregressive", action=argparse.BooleanOptionalAction, default=defaults.autoregressive,
+                   help="add an autoregressive term (a masked linear layer over the earlier pixels) to the generation "
+                   "net's logits (README, 'A stronger configuration'); the paper's decoder has none")
     p.add_argument("--seed", type=cli.non_negative_int("--seed"), default=defaults.seed)
     p.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
                    help="the CVAE's training objective: cvae (the ELBO, eq. 4), gsnn (eq. 9) or hybrid (eq. 10)")

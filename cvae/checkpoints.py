@@ -88,7 +88,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
 
 
 # what a checkpoint written before an option existed was made with
-CHECKPOINT_DEFAULTS = {"autoregressive": 0}
+CHECKPOINT_DEFAULTS = {"autoregressive": False}
 
 
 def model_checkpoint(model: BaselineNet | CVAE) -> dict:
@@ -110,7 +110,7 @@ def build_model(checkpoint: dict, path: str | Path = "<checkpoint>") -> Baseline
             model = BaselineNet(k, config["hidden"])
         elif kind == "cvae":
             baseline = BaselineNet(k, config["baseline_hidden"])
-            model = CVAE(baseline, config["z_dim"], config["hidden"], config.get("autoregressive", 0))
+            model = CVAE(baseline, config["z_dim"], config["hidden"], config.get("autoregressive", False))
         else:
             raise KeyError(f"kind {kind!r}")
         model.load_state_dict(checkpoint["state_dict"])

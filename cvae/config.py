@@ -23,7 +23,7 @@ class RunConfig:
     lr: float = 1e-3
     z_dim: int = 200
     hidden: list[int] = field(default_factory=lambda: [500, 500])
-    autoregressive: int = 0  # channels of the generation net's LocalAutoregression term (0: none, the paper's)
+    autoregressive: bool = False  # an Autoregression term in the generation net's logits (the paper has none)
     seed: int = 0
     objective: str = "cvae"  # "cvae" (ELBO), "gsnn", "hybrid" or "iwae" (objectives.py)
     alpha: float = 0.5  # the ELBO's weight in the hybrid objective
@@ -52,7 +52,7 @@ class RunConfig:
 # Named sets of defaults (train.py --preset); options given beside a preset override its values.
 PRESETS: dict[str, dict] = {
     "paper": {},  # the RunConfig defaults: the paper's set-up
-    "strong": {"autoregressive": 16},  # README, "A stronger configuration"
+    "strong": {"autoregressive": True},  # README, "A stronger configuration"
 }
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributions import DiagonalGaussian, bernoulli_log_likelihood
-from .quadrants import IMAGE_SIDE, NUM_PIXELS, QuadrantTask
+from .quadrants import NUM_PIXELS, QuadrantTask
 
 MIN_SCALE = 1e-4  # keeps every Gaussian scale strictly positive
 
@@ -77,44 +77,28 @@ class GenerationNet(nn.Module):
         return self.rest(self.from_z(z) + x_part)
 
 
-def raster_mask(kernel: int, include_center: bool) -> torch.Tensor:
-    """(kernel, kernel) 0/1 mask of the taps at or before the center in raster order (PixelCNN masks B / A)."""
-    mask = torch.zeros(kernel * kernel)
-    mask[:kernel * kernel // 2 + int(include_center)] = 1.0
-    return mask.view(1, 1, kernel, kernel)
+class Autoregression(nn.Module):
+    """An autoregressive term added to the generation net's logits, for the strong preset:
 
+        p(y|x,z) = prod_i Bernoulli(y_i; sigmoid(g_i(z, x) + a_i)),   a_i = sum_{j < i} W_ij image_j,
 
-class LocalAutoregression(nn.Module):
-    """A locally autoregressive term added to the generation net's logits (PixelCNN-style masked convolutions,
-    van den Oord et al. 2016), for the strong preset:
-
-        p(y|x,z) = prod_i Bernoulli(y_i; sigmoid(g_i(z, x) + a_i(image_<i, x_filled))),   i in raster order,
-
-    where a_i sees only the pixels before i (raster order, within a kernel window) of the whole image (x's
-    pixels and y's), and the baseline's x_filled anywhere (it is a function of x). Each factor is a Bernoulli
-    given earlier pixels, so the product is still a normalized distribution of y; with a = 0 it is the paper's
+    with i over y's pixels and j over every pixel before i in raster order, of the whole image (x's pixels and
+    y's): a masked linear layer, as in the fully visible sigmoid belief net (Frey 1998) and NADE / MADE
+    (Larochelle & Murray 2011, Germain et al. 2015). Each factor is a Bernoulli given earlier pixels, so the
+    product is still a normalized distribution of y; with W = 0 (its initial value) it is the paper's
     factorized decoder. a does not depend on z, so it is computed once per image for all samples of z.
     """
 
-    def __init__(self, channels: int, kernel: int = 5):
+    def __init__(self, task: QuadrantTask):
         super().__init__()
-        self.channels, self.padding = int(channels), kernel // 2
-        self.seen = nn.Conv2d(1, channels, kernel)  # masked: pixels strictly before i (mask A)
-        self.filled = nn.Conv2d(1, channels, kernel, bias=False)  # unmasked
-        self.out = nn.Conv2d(channels, 1, kernel)  # masked: features at or before i (mask B)
-        nn.init.zeros_(self.out.weight)  # starts as the factorized decoder
-        nn.init.zeros_(self.out.bias)
-        self.register_buffer("mask_a", raster_mask(kernel, False), persistent=False)
-        self.register_buffer("mask_b", raster_mask(kernel, True), persistent=False)
+        outputs = task.output_mask.nonzero()[:, 0]
+        self.weight = nn.Parameter(torch.zeros(len(outputs), NUM_PIXELS))
+        # mask[i, j] = 1 where pixel j comes before output pixel i in raster order
+        self.register_buffer("mask", (torch.arange(NUM_PIXELS) < outputs[:, None]).float(), persistent=False)
 
-    def forward(self, image: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
-        """image (the whole image, x's and y's pixels), filled: (N, 784) -> a (N, 784)."""
-        def grid(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
-        hidden = (F.conv2d(grid(image), self.seen.weight * self.mask_a, self.seen.bias, padding=self.padding)
-                  + F.conv2d(grid(filled), self.filled.weight, padding=self.padding))
-        a = F.conv2d(F.relu(hidden), self.out.weight * self.mask_b, self.out.bias, padding=self.padding)
-        return a.reshape(-1, NUM_PIXELS)
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image: the whole image (N, 784), x's and y's pixels -> a (N, num_output_pixels)."""
+        return F.linear(image, self.weight * self.mask)
 
 
 class Context(NamedTuple):
@@ -122,7 +106,7 @@ class Context(NamedTuple):
 
     filled: torch.Tensor  # (N, 784): x with the baseline's y_hat in the unknown pixels
     generation_input: torch.Tensor  # (N, hidden[0]): the x part of the generation net's first layer
-    autoregressive: torch.Tensor | None = None  # (N, outputs): the LocalAutoregression term, when y is known
+    autoregressive: torch.Tensor | None = None  # (N, outputs): the Autoregression term, when y is known
 
 
 def gaussian_head(params: torch.Tensor) -> DiagonalGaussian:
@@ -137,12 +121,12 @@ class CVAE(nn.Module):
     recognition q(z|x,y): MLP on the whole image (x with y's pixels) -> Gaussian (loc, scale)
     prior       p(z|x):   MLP on x_filled -> Gaussian (loc, scale)
     generation  p(y|x,z): MLP on [z, x_filled] -> Bernoulli logits of the output pixels
-    The baseline is frozen: it is trained first and only supplies y_hat. With autoregressive = C > 0 (the
-    strong preset; 0 is the paper's model) the logits get a LocalAutoregression term with C channels.
+    The baseline is frozen: it is trained first and only supplies y_hat. With autoregressive (the strong
+    preset; the paper's model has none) the logits get an Autoregression term.
     """
 
     def __init__(self, baseline: BaselineNet, z_dim: int = 200, hidden: Sequence[int] = (500, 500),
-                 autoregressive: int = 0):
+                 autoregressive: bool = False):
         super().__init__()
         self.baseline = baseline.requires_grad_(False).eval()
         self.task = baseline.task
@@ -151,7 +135,7 @@ class CVAE(nn.Module):
         self.recognition_net = mlp([NUM_PIXELS, *self.hidden, 2 * self.z_dim])
         self.prior_net = mlp([NUM_PIXELS, *self.hidden, 2 * self.z_dim])
         self.generation_net = GenerationNet(self.z_dim, self.hidden, self.task.num_output_pixels)
-        self.autoregression = LocalAutoregression(autoregressive) if autoregressive else None
+        self.autoregression = Autoregression(self.task) if autoregressive else None
         self.register_buffer("output_mask", self.task.output_mask, persistent=False)
 
     def train(self, mode: bool = True) -> CVAE:
@@ -160,9 +144,8 @@ class CVAE(nn.Module):
         return self
 
     @property
-    def autoregressive(self) -> int:
-        """Channels of the LocalAutoregression term; 0 without one."""
-        return self.autoregression.channels if self.autoregression is not None else 0
+    def autoregressive(self) -> bool:
+        return self.autoregression is not None
 
     def context(self, x: torch.Tensor, filled: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Context:
         """Per-image work shared by the prior and every sample of the generation net. x: (N, 784).
@@ -174,14 +157,14 @@ class CVAE(nn.Module):
         if filled is None:
             with torch.no_grad():
                 filled = self.baseline.fill(x)
-        autoregressive = None if y is None else self._autoregressive(x, y, filled)
+        autoregressive = None if y is None else self._autoregressive(x, y)
         return Context(filled, self.generation_net.from_x(filled), autoregressive)
 
-    def _autoregressive(self, x: torch.Tensor, y: torch.Tensor, filled: torch.Tensor) -> torch.Tensor | None:
-        """The LocalAutoregression term of the output pixels given the whole image: (N, outputs), or None."""
+    def _autoregressive(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """The Autoregression term of the output pixels given the whole image: (N, outputs), or None."""
         if self.autoregression is None:
             return None
-        return self.autoregression(torch.where(self.output_mask, y, x), filled)[:, self.output_mask]
+        return self.autoregression(torch.where(self.output_mask, y, x))
 
     def prior(self, x: torch.Tensor, context: Context | None = None) -> DiagonalGaussian:
         """p(z|x): loc, scale of shape (N, z_dim)."""
@@ -207,7 +190,7 @@ class CVAE(nn.Module):
         logits = self.logits(x, z, context)
         if self.autoregression is not None:
             a = context.autoregressive
-            logits = logits + (a if a is not None else self._autoregressive(x, y, context.filled))
+            logits = logits + (a if a is not None else self._autoregressive(x, y))
         return bernoulli_log_likelihood(logits, y[:, self.output_mask])
 
     @torch.no_grad()
@@ -226,9 +209,7 @@ class CVAE(nn.Module):
             return self.task.combine(x, torch.sigmoid(logits))
         # one output pixel at a time in raster order, each set to its mean given the earlier ones
         image = self.task.combine(x, torch.zeros_like(logits)).flatten(0, 1)
-        filled = context.filled.expand(num_samples, *context.filled.shape).flatten(0, 1)
-        logits = logits.flatten(0, 1)
+        logits, weight = logits.flatten(0, 1), self.autoregression.weight * self.autoregression.mask
         for j, i in enumerate(self.output_mask.nonzero()[:, 0].tolist()):
-            a = self.autoregression(image, filled)[:, i]
-            image[:, i] = torch.sigmoid(logits[:, j] + a)
+            image[:, i] = torch.sigmoid(logits[:, j] + image @ weight[j])
         return image.view(num_samples, *x.shape)

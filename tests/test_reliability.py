@@ -177,7 +177,7 @@ def test_strong_preset_with_decaying_learning_rate_resumes_bit_identically(mnist
     assert status == 0, err
     config = json.loads((tmp_path / "whole/config.json").read_text())["config"]
     chosen = (config["preset"], config["autoregressive"], config["objective"], config["iw_samples"], config["lr_decay"])
-    assert chosen == ("strong", 16, "iwae", 3, 0.5)  # the preset's value, and the options given beside it
+    assert chosen == ("strong", True, "iwae", 3, 0.5)  # the preset's value, and the options given beside it
     state = torch.load(tmp_path / "whole/q2/cvae_state.pt", weights_only=True)
     assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [1e-3 * 0.5]  # epoch 2's
     status, err = train(mnist_dir, tmp_path / "cut", *extra, stop=StopAfter(12))  # at the CVAE's first epoch end
