@@ -107,8 +107,15 @@ NOT_ABLATED = {"quadrants", "seed", "data_dir", "num_samples", "preset"}
 def changes(config: dict) -> str:
     """What a run's configuration changes from the paper's (RunConfig defaults), e.g. "hidden 1000-1000"."""
     paper = RunConfig().to_dict()
-    changed = [f"{name.replace('_', ' ')} {'-'.join(map(str, value)) if isinstance(value, list) else value}"
-               for name, value in config.items() if name in paper and name not in NOT_ABLATED and value != paper[name]]
+
+    def shown(name: str, value: object) -> str:
+        name = name.replace("_", " ")
+        if isinstance(value, bool):
+            return name if value else f"no {name}"
+        return f"{name} {'-'.join(map(str, value)) if isinstance(value, list) else value}"
+
+    changed = [shown(name, value) for name, value in config.items()
+               if name in paper and name not in NOT_ABLATED and value != paper[name]]
     return ", ".join(changed) or "none (the paper's set-up)"
 
 

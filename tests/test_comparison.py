@@ -68,6 +68,7 @@ def test_ablation_rows_name_what_each_run_changes_from_the_papers_set_up():
     paper = RunConfig().to_dict()
     assert changes(paper) == "none (the paper's set-up)"
     assert changes(paper | {"hidden": [1000, 1000], "seed": 4, "lr_decay": 0.9}) == "hidden 1000-1000, lr decay 0.9"
+    assert changes(paper | {"autoregressive": True, "binarize": True}) == "autoregressive, binarize"
     runs = [result("cvae", 0, 100.0, 65.0), result("iwae", 0, 100.0, 63.0) | {"seed": 1}]
     runs[1]["config"] |= {"iw_samples": 10}
     table = ablation_table(runs)
