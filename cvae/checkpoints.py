@@ -93,10 +93,10 @@ CHECKPOINT_DEFAULTS = {"autoregressive": False}
 
 def model_checkpoint(model: BaselineNet | CVAE) -> dict:
     """The dict saved for a trained model: its kind, the configuration that builds it, its weights."""
-    config = {"num_quadrants": model.task.num_quadrants, "hidden": list(model.hidden)}
+    config = {"num_quadrants": model.task.num_quadrants, "hidden": list(model.hidden),
+              "autoregressive": model.autoregressive}
     if isinstance(model, CVAE):
-        config.update(z_dim=model.z_dim, baseline_hidden=list(model.baseline.hidden),
-                      autoregressive=model.autoregressive)
+        config.update(z_dim=model.z_dim, baseline_hidden=list(model.baseline.hidden))
     kind = "cvae" if isinstance(model, CVAE) else "baseline"
     return {"kind": kind, "config": config, "state_dict": model.state_dict()}
 
@@ -107,7 +107,7 @@ def build_model(checkpoint: dict, path: str | Path = "<checkpoint>") -> Baseline
         kind, config = checkpoint["kind"], checkpoint["config"]
         k = config["num_quadrants"]
         if kind == "baseline":
-            model = BaselineNet(k, config["hidden"])
+            model = BaselineNet(k, config["hidden"], config.get("autoregressive", False))
         elif kind == "cvae":
             baseline = BaselineNet(k, config["baseline_hidden"])
             model = CVAE(baseline, config["z_dim"], config["hidden"], config.get("autoregressive", False))

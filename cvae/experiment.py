@@ -131,9 +131,10 @@ def load_model(path: Path, kind: str, k: int, config: RunConfig,
     if checkpoint.get("kind") != kind:
         raise checkpoints.CheckpointError(
             f"checkpoint {path} holds a {checkpoint.get('kind')!r} model, expected {kind!r}.")
-    expected = {"num_quadrants": k, "hidden": list(config.hidden)}
+    expected = {"num_quadrants": k, "hidden": list(config.hidden),
+                "autoregressive": kind == "cvae" and config.autoregressive}  # the baseline never has the term
     if kind == "cvae":
-        expected.update(z_dim=config.z_dim, autoregressive=config.autoregressive)
+        expected["z_dim"] = config.z_dim
     checkpoints.expect_config(checkpoint, expected, path)
     return checkpoints.build_model(checkpoint, path).to(device)
 

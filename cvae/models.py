@@ -31,52 +31,6 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class BaselineNet(nn.Module):
-    """The deterministic baseline: an MLP from x (N, 784) to the logits of the output pixels.
-
-    p(y|x) = prod_i Bernoulli(y_i; sigmoid(f(x)_i)) over the output pixels i only.
-    """
-
-    def __init__(self, num_quadrants: int, hidden: Sequence[int] = (500, 500)):
-        super().__init__()
-        self.task = QuadrantTask(num_quadrants)
-        self.hidden = tuple(int(h) for h in hidden)
-        self.net = mlp([NUM_PIXELS, *self.hidden, self.task.num_output_pixels])
-        self.register_buffer("output_mask", self.task.output_mask, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, 784) -> logits of the output pixels (N, num_output_pixels)."""
-        return self.net(x)
-
-    def fill(self, x: torch.Tensor) -> torch.Tensor:
-        """x with its unknown pixels replaced by the prediction y_hat = sigmoid(f(x)): (N, 784)."""
-        filled = x.clone()
-        filled[:, self.output_mask] = torch.sigmoid(self(x)).to(x.dtype)
-        return filled
-
-    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Exact log p(y|x) summed over the output pixels: x, y (N, 784) -> (N,)."""
-        return bernoulli_log_likelihood(self(x), y[:, self.output_mask])
-
-
-class GenerationNet(nn.Module):
-    """p(y|x,z): an MLP on the concatenation [z, x_filled], with its first layer split in two.
-
-    W [z; x_filled] + b = W_z z + (W_x x_filled + b): the x part is computed once per image and reused
-    for every sample of z, which is the same function at a fraction of the cost for many samples.
-    """
-
-    def __init__(self, z_dim: int, hidden: Sequence[int], num_outputs: int):
-        super().__init__()
-        self.from_z = nn.Linear(z_dim, hidden[0], bias=False)
-        self.from_x = nn.Linear(NUM_PIXELS, hidden[0])
-        self.rest = nn.Sequential(nn.ReLU(), mlp([*hidden, num_outputs]))
-
-    def forward(self, z: torch.Tensor, x_part: torch.Tensor) -> torch.Tensor:
-        """z: (..., N, z_dim), x_part = from_x(x_filled): (N, hidden[0]) -> logits (..., N, outputs)."""
-        return self.rest(self.from_z(z) + x_part)
-
-
 class Autoregression(nn.Module):
     """An autoregressive term added to the generation net's logits, for the strong preset:
 
@@ -99,6 +53,62 @@ class Autoregression(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image: the whole image (N, 784), x's and y's pixels -> a (N, num_output_pixels)."""
         return F.linear(image, self.weight * self.mask)
+
+
+class BaselineNet(nn.Module):
+    """The deterministic baseline: an MLP from x (N, 784) to the logits of the output pixels.
+
+    p(y|x) = prod_i Bernoulli(y_i; sigmoid(f(x)_i)) over the output pixels i only. With autoregressive (only
+    the control of the strong preset, autoregressive_baseline.py) the logits get an Autoregression term a_i,
+    and the likelihood is still exact.
+    """
+
+    def __init__(self, num_quadrants: int, hidden: Sequence[int] = (500, 500), autoregressive: bool = False):
+        super().__init__()
+        self.task = QuadrantTask(num_quadrants)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.net = mlp([NUM_PIXELS, *self.hidden, self.task.num_output_pixels])
+        self.autoregression = Autoregression(self.task) if autoregressive else None
+        self.register_buffer("output_mask", self.task.output_mask, persistent=False)
+
+    @property
+    def autoregressive(self) -> bool:
+        return self.autoregression is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, 784) -> logits of the output pixels (N, num_output_pixels)."""
+        return self.net(x)
+
+    def fill(self, x: torch.Tensor) -> torch.Tensor:
+        """x with its unknown pixels replaced by the prediction y_hat = sigmoid(f(x)): (N, 784)."""
+        filled = x.clone()
+        filled[:, self.output_mask] = torch.sigmoid(self(x)).to(x.dtype)
+        return filled
+
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Exact log p(y|x) summed over the output pixels: x, y (N, 784) -> (N,)."""
+        logits = self(x)
+        if self.autoregression is not None:
+            logits = logits + self.autoregression(torch.where(self.output_mask, y, x))
+        return bernoulli_log_likelihood(logits, y[:, self.output_mask])
+
+
+class GenerationNet(nn.Module):
+    """p(y|x,z): an MLP on the concatenation [z, x_filled], with its first layer split in two.
+
+    W [z; x_filled] + b = W_z z + (W_x x_filled + b): the x part is computed once per image and reused
+    for every sample of z, which is the same function at a fraction of the cost for many samples.
+    """
+
+    def __init__(self, z_dim: int, hidden: Sequence[int], num_outputs: int):
+        super().__init__()
+        self.from_z = nn.Linear(z_dim, hidden[0], bias=False)
+        self.from_x = nn.Linear(NUM_PIXELS, hidden[0])
+        self.rest = nn.Sequential(nn.ReLU(), mlp([*hidden, num_outputs]))
+
+    def forward(self, z: torch.Tensor, x_part: torch.Tensor) -> torch.Tensor:
+        """z: (..., N, z_dim), x_part = from_x(x_filled): (N, hidden[0]) -> logits (..., N, outputs)."""
+        return self.rest(self.from_z(z) + x_part)
 
 
 class Context(NamedTuple):
