@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quadrants", type=cli.quadrants, nargs="+", default=defaults.quadrants)
     p.add_argument("--seed", type=cli.non_negative_int("--seed"), default=defaults.seed)
+    p.add_argument("--ar-window", type=cli.odd_window("--ar-window"), default=0,
+                   help="the autoregressive term's window (train.py --ar-window; default 0: every earlier pixel)")
     p.add_argument("--epochs", type=cli.positive_int("--epochs"), default=defaults.epochs)
     p.add_argument("--data-dir", default=defaults.data_dir)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
     config = RunConfig(quadrants=sorted(set(args.quadrants)), seed=args.seed, epochs=args.epochs,
                        data_dir=args.data_dir)
     saved = {"control": "autoregressive_baseline", "seed": config.seed, "quadrants": config.quadrants,
-             "epochs": config.epochs}
+             "epochs": config.epochs, "ar_window": args.ar_window}
     if (out / "config.json").is_file() and json.loads((out / "config.json").read_text()) != saved:
         raise cli.UserError(f"{out} holds another run ({out / 'config.json'}). Choose another --out.")
     splits = load_splits(config.data_dir, config.dataset)
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
             task, paths = QuadrantTask(k), setting_paths(out, k)
             train, val = (task_data(images, task, config.binarize, device) for images in (splits.train, splits.val))
             torch.manual_seed(config.seed * 10 + k)  # the paper's baseline of this seed starts from the same weights
-            model = BaselineNet(k, config.hidden, autoregressive=True).to(device)
+            model = BaselineNet(k, config.hidden, autoregressive=True, ar_window=args.ar_window).to(device)
             fit(model, train, val, settings, paths.baseline, paths.baseline_state, stop, not args.no_progress,
                 f"q{k} NN + autoregressive")
             best = checkpoints.build_model(checkpoints.load(paths.baseline), paths.baseline).to(device)
@@ -87,8 +89,9 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
     lines.append(f"| {ROW} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + (f"\n\n{splits.test.shape[0]} test images, seed {config.seed}; ± is the standard "
-                                f"error over images; {time.perf_counter() - started:.0f} s.\n")
+    window = f"window {args.ar_window}" if args.ar_window else "every earlier pixel"
+    table = "\n".join(lines) + (f"\n\n{splits.test.shape[0]} test images, seed {config.seed}, {window}; ± is the "
+                                f"standard error over images; {time.perf_counter() - started:.0f} s.\n")
     checkpoints.write_text(out / "results.md", table)
     print(table)
     return 0

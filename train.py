@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--autoregressive", action=argparse.BooleanOptionalAction, default=defaults.autoregressive,
                    help="add an autoregressive term (a masked linear layer over the earlier pixels) to the generation "
                    "net's logits (README, 'A stronger configuration'); the paper's decoder has none")
+    p.add_argument("--ar-window", type=cli.odd_window("--ar-window"), default=defaults.ar_window,
+                   help="with --autoregressive: only the earlier pixels in a square of this odd width around each "
+                   "pixel (default 0: every earlier pixel)")
     p.add_argument("--seed", type=cli.non_negative_int("--seed"), default=defaults.seed)
     p.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
                    help="the CVAE's training objective: cvae (the ELBO, eq. 4), gsnn (eq. 9) or hybrid (eq. 10)")
@@ -92,7 +95,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         quadrants=sorted(set(args.quadrants)), epochs=args.epochs, patience=args.patience,
         batch_size=args.batch_size, lr=args.lr, z_dim=args.z_dim, hidden=args.hidden,
-        autoregressive=args.autoregressive,
+        autoregressive=args.autoregressive, ar_window=args.ar_window,
         seed=args.seed, objective=args.objective, alpha=args.alpha, iw_samples=args.iw_samples,
         lr_decay=args.lr_decay, preset=args.preset,
         dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,

@@ -88,13 +88,13 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
 
 
 # what a checkpoint written before an option existed was made with
-CHECKPOINT_DEFAULTS = {"autoregressive": False}
+CHECKPOINT_DEFAULTS = {"autoregressive": False, "ar_window": 0}
 
 
 def model_checkpoint(model: BaselineNet | CVAE) -> dict:
     """The dict saved for a trained model: its kind, the configuration that builds it, its weights."""
     config = {"num_quadrants": model.task.num_quadrants, "hidden": list(model.hidden),
-              "autoregressive": model.autoregressive}
+              "autoregressive": model.autoregressive, "ar_window": model.ar_window}
     if isinstance(model, CVAE):
         config.update(z_dim=model.z_dim, baseline_hidden=list(model.baseline.hidden))
     kind = "cvae" if isinstance(model, CVAE) else "baseline"
@@ -104,13 +104,13 @@ def model_checkpoint(model: BaselineNet | CVAE) -> dict:
 def build_model(checkpoint: dict, path: str | Path = "<checkpoint>") -> BaselineNet | CVAE:
     """Rebuild a model from ``model_checkpoint``'s dict and load its weights."""
     try:
-        kind, config = checkpoint["kind"], checkpoint["config"]
+        kind, config = checkpoint["kind"], CHECKPOINT_DEFAULTS | checkpoint["config"]
         k = config["num_quadrants"]
         if kind == "baseline":
-            model = BaselineNet(k, config["hidden"], config.get("autoregressive", False))
+            model = BaselineNet(k, config["hidden"], config["autoregressive"], config["ar_window"])
         elif kind == "cvae":
             baseline = BaselineNet(k, config["baseline_hidden"])
-            model = CVAE(baseline, config["z_dim"], config["hidden"], config.get("autoregressive", False))
+            model = CVAE(baseline, config["z_dim"], config["hidden"], config["autoregressive"], config["ar_window"])
         else:
             raise KeyError(f"kind {kind!r}")
         model.load_state_dict(checkpoint["state_dict"])

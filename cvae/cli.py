@@ -75,6 +75,15 @@ def decay_factor(what: str) -> Callable[[str], float]:
     return lambda text: _real(text, what, lambda v: 0 < v <= 1, "a number above 0 and at most 1, e.g. 0.95")
 
 
+def odd_window(what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not (text.isdecimal() and (int(text) == 0 or int(text) % 2 == 1)):
+            raise argparse.ArgumentTypeError(f"{what} {text!r} is not valid: give an odd width such as 5, or 0 for "
+                                             "every earlier pixel.")
+        return int(text)
+    return parse
+
+
 def hidden_sizes(text: str) -> list[int]:
     parts = text.replace("-", ",").split(",")
     if not all(part.strip().isdecimal() and int(part) > 0 for part in parts):

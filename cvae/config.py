@@ -24,6 +24,7 @@ class RunConfig:
     z_dim: int = 200
     hidden: list[int] = field(default_factory=lambda: [500, 500])
     autoregressive: bool = False  # an Autoregression term in the generation net's logits (the paper has none)
+    ar_window: int = 0  # its neighbourhood: every earlier pixel (0), or those in a window x window square
     seed: int = 0
     objective: str = "cvae"  # "cvae" (ELBO), "gsnn", "hybrid" or "iwae" (objectives.py)
     alpha: float = 0.5  # the ELBO's weight in the hybrid objective

@@ -100,7 +100,7 @@ def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, devi
 
     torch.manual_seed(config.seed * 10 + k + 5)
     best_baseline = load_model(paths.baseline, "baseline", k, config, device)
-    cvae = CVAE(best_baseline, config.z_dim, config.hidden, config.autoregressive).to(device)
+    cvae = CVAE(best_baseline, config.z_dim, config.hidden, config.autoregressive, config.ar_window).to(device)
     train, val = (*train, fill(best_baseline, train[0])), (*val, fill(best_baseline, val[0]))
     histories["cvae"] = fit(cvae, train, val, settings, paths.cvae, paths.cvae_state, stop,
                             progress, f"q{k} cvae")
@@ -135,6 +135,8 @@ def load_model(path: Path, kind: str, k: int, config: RunConfig,
                 "autoregressive": kind == "cvae" and config.autoregressive}  # the baseline never has the term
     if kind == "cvae":
         expected["z_dim"] = config.z_dim
+        if config.autoregressive:
+            expected["ar_window"] = config.ar_window
     checkpoints.expect_config(checkpoint, expected, path)
     return checkpoints.build_model(checkpoint, path).to(device)
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributions import DiagonalGaussian, bernoulli_log_likelihood
-from .quadrants import NUM_PIXELS, QuadrantTask
+from .quadrants import IMAGE_SIDE, NUM_PIXELS, QuadrantTask
 
 MIN_SCALE = 1e-4  # keeps every Gaussian scale strictly positive
 
@@ -36,19 +36,27 @@ class Autoregression(nn.Module):
 
         p(y|x,z) = prod_i Bernoulli(y_i; sigmoid(g_i(z, x) + a_i)),   a_i = sum_{j < i} W_ij image_j,
 
-    with i over y's pixels and j over every pixel before i in raster order, of the whole image (x's pixels and
-    y's): a masked linear layer, as in the fully visible sigmoid belief net (Frey 1998) and NADE / MADE
-    (Larochelle & Murray 2011, Germain et al. 2015). Each factor is a Bernoulli given earlier pixels, so the
+    with i over y's pixels and j over the pixels before i in raster order, of the whole image (x's pixels and
+    y's; with a window, only those in the window x window square centred on i): a masked linear layer, as in
+    the fully visible sigmoid belief net (Frey 1998) and NADE / MADE (Larochelle & Murray 2011, Germain et
+    al. 2015). Each factor is a Bernoulli given earlier pixels, so the
     product is still a normalized distribution of y; with W = 0 (its initial value) it is the paper's
     factorized decoder. a does not depend on z, so it is computed once per image for all samples of z.
     """
 
-    def __init__(self, task: QuadrantTask):
+    def __init__(self, task: QuadrantTask, window: int = 0):
         super().__init__()
+        self.window = int(window)
         outputs = task.output_mask.nonzero()[:, 0]
         self.weight = nn.Parameter(torch.zeros(len(outputs), NUM_PIXELS))
-        # mask[i, j] = 1 where pixel j comes before output pixel i in raster order
-        self.register_buffer("mask", (torch.arange(NUM_PIXELS) < outputs[:, None]).float(), persistent=False)
+        # mask[i, j] = 1 where pixel j comes before output pixel i in raster order (and, with a window, lies in
+        # the window x window square centred on it)
+        pixels = torch.arange(NUM_PIXELS)
+        mask = pixels < outputs[:, None]
+        if self.window:
+            near = lambda a, b: (a[:, None] - b[None, :]).abs() <= self.window // 2  # noqa: E731
+            mask &= near(outputs // IMAGE_SIDE, pixels // IMAGE_SIDE) & near(outputs % IMAGE_SIDE, pixels % IMAGE_SIDE)
+        self.register_buffer("mask", mask.float(), persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image: the whole image (N, 784), x's and y's pixels -> a (N, num_output_pixels)."""
@@ -63,17 +71,22 @@ class BaselineNet(nn.Module):
     and the likelihood is still exact.
     """
 
-    def __init__(self, num_quadrants: int, hidden: Sequence[int] = (500, 500), autoregressive: bool = False):
+    def __init__(self, num_quadrants: int, hidden: Sequence[int] = (500, 500), autoregressive: bool = False,
+                 ar_window: int = 0):
         super().__init__()
         self.task = QuadrantTask(num_quadrants)
         self.hidden = tuple(int(h) for h in hidden)
         self.net = mlp([NUM_PIXELS, *self.hidden, self.task.num_output_pixels])
-        self.autoregression = Autoregression(self.task) if autoregressive else None
+        self.autoregression = Autoregression(self.task, ar_window) if autoregressive else None
         self.register_buffer("output_mask", self.task.output_mask, persistent=False)
 
     @property
     def autoregressive(self) -> bool:
         return self.autoregression is not None
+
+    @property
+    def ar_window(self) -> int:
+        return self.autoregression.window if self.autoregression is not None else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, 784) -> logits of the output pixels (N, num_output_pixels)."""
@@ -136,7 +149,7 @@ class CVAE(nn.Module):
     """
 
     def __init__(self, baseline: BaselineNet, z_dim: int = 200, hidden: Sequence[int] = (500, 500),
-                 autoregressive: bool = False):
+                 autoregressive: bool = False, ar_window: int = 0):
         super().__init__()
         self.baseline = baseline.requires_grad_(False).eval()
         self.task = baseline.task
@@ -145,7 +158,7 @@ class CVAE(nn.Module):
         self.recognition_net = mlp([NUM_PIXELS, *self.hidden, 2 * self.z_dim])
         self.prior_net = mlp([NUM_PIXELS, *self.hidden, 2 * self.z_dim])
         self.generation_net = GenerationNet(self.z_dim, self.hidden, self.task.num_output_pixels)
-        self.autoregression = Autoregression(self.task) if autoregressive else None
+        self.autoregression = Autoregression(self.task, ar_window) if autoregressive else None
         self.register_buffer("output_mask", self.task.output_mask, persistent=False)
 
     def train(self, mode: bool = True) -> CVAE:
@@ -156,6 +169,10 @@ class CVAE(nn.Module):
     @property
     def autoregressive(self) -> bool:
         return self.autoregression is not None
+
+    @property
+    def ar_window(self) -> int:
+        return self.autoregression.window if self.autoregression is not None else 0
 
     def context(self, x: torch.Tensor, filled: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Context:
         """Per-image work shared by the prior and every sample of the generation net. x: (N, 784).

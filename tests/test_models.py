@@ -185,3 +185,18 @@ def test_autoregressive_samples_are_each_pixels_mean_given_the_earlier_ones():
     with torch.no_grad():  # teacher-forced on its own output, the model reproduces it: a fixed point
         a = torch.stack([model._autoregressive(x, s) for s in samples])
         torch.testing.assert_close(torch.sigmoid(model.logits(x, z) + a), samples[:, :, model.output_mask])
+
+
+def test_a_windowed_autoregressive_term_sees_only_earlier_pixels_nearby():
+    torch.manual_seed(2)
+    model = CVAE(BaselineNet(1, hidden=(16,)), z_dim=3, hidden=(16,), autoregressive=True, ar_window=5)
+    nn.init.normal_(model.autoregression.weight, std=0.1)
+    x, y = data(k=1)
+    outputs = model.output_mask.nonzero()[:, 0]
+    j = 300
+    changed = y.clone()
+    changed[:, outputs[j]] += 0.5
+    moved = (model._autoregressive(x, changed) != model._autoregressive(x, y)).any(0)
+    row, col = outputs[j] // 28, outputs[j] % 28
+    near = ((outputs // 28 - row).abs() <= 2) & ((outputs % 28 - col).abs() <= 2) & (outputs > outputs[j])
+    assert torch.equal(moved, near) and near.sum() == 12  # the later pixels of its 5x5 square, no others
