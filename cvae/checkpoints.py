@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .models import CVAE, BaselineNet
+from .models import CVAE, BaselineNet, autoregression_options
 
 
 class CheckpointError(Exception):
@@ -93,8 +93,7 @@ CHECKPOINT_DEFAULTS = {"autoregressive": False, "ar_window": 0}
 
 def model_checkpoint(model: BaselineNet | CVAE) -> dict:
     """The dict saved for a trained model: its kind, the configuration that builds it, its weights."""
-    config = {"num_quadrants": model.task.num_quadrants, "hidden": list(model.hidden),
-              "autoregressive": model.autoregressive, "ar_window": model.ar_window}
+    config = {"num_quadrants": model.task.num_quadrants, "hidden": list(model.hidden)} | autoregression_options(model)
     if isinstance(model, CVAE):
         config.update(z_dim=model.z_dim, baseline_hidden=list(model.baseline.hidden))
     kind = "cvae" if isinstance(model, CVAE) else "baseline"

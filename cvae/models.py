@@ -63,6 +63,12 @@ class Autoregression(nn.Module):
         return F.linear(image, self.weight * self.mask)
 
 
+def autoregression_options(model: nn.Module) -> dict:
+    """The constructor options that rebuild a model's autoregressive term: {"autoregressive", "ar_window"}."""
+    term = model.autoregression
+    return {"autoregressive": term is not None, "ar_window": term.window if term is not None else 0}
+
+
 class BaselineNet(nn.Module):
     """The deterministic baseline: an MLP from x (N, 784) to the logits of the output pixels.
 
@@ -79,14 +85,6 @@ class BaselineNet(nn.Module):
         self.net = mlp([NUM_PIXELS, *self.hidden, self.task.num_output_pixels])
         self.autoregression = Autoregression(self.task, ar_window) if autoregressive else None
         self.register_buffer("output_mask", self.task.output_mask, persistent=False)
-
-    @property
-    def autoregressive(self) -> bool:
-        return self.autoregression is not None
-
-    @property
-    def ar_window(self) -> int:
-        return self.autoregression.window if self.autoregression is not None else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, 784) -> logits of the output pixels (N, num_output_pixels)."""
@@ -165,14 +163,6 @@ class CVAE(nn.Module):
         super().train(mode)
         self.baseline.eval()  # frozen, whatever the mode of the rest
         return self
-
-    @property
-    def autoregressive(self) -> bool:
-        return self.autoregression is not None
-
-    @property
-    def ar_window(self) -> int:
-        return self.autoregression.window if self.autoregression is not None else 0
 
     def context(self, x: torch.Tensor, filled: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Context:
         """Per-image work shared by the prior and every sample of the generation net. x: (N, 784).

@@ -30,7 +30,7 @@ def test_autoregressive_baseline_is_exact_and_sees_only_earlier_pixels():
     torch.testing.assert_close(diff, own)
     rebuilt = checkpoints.build_model(checkpoints.model_checkpoint(model))
     torch.testing.assert_close(rebuilt.log_likelihood(x, y), model.log_likelihood(x, y))
-    assert not CVAE(BaselineNet(2, hidden=(16,)), 3, (16,)).baseline.autoregressive
+    assert CVAE(BaselineNet(2, hidden=(16,)), 3, (16,)).baseline.autoregression is None
 
 
 def test_the_control_script_trains_and_reports(mnist_dir: Path, tmp_path: Path):

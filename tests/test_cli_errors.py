@@ -134,6 +134,7 @@ TRAIN_CASES = [
     Case("iw-samples-0", args("--iw-samples", "0"), ("--iw-samples", "'0'", "integer of at least 1")),
     Case("lr-decay-0", args("--lr-decay", "0"), ("--lr-decay", "'0'", "above 0 and at most 1")),
     Case("lr-decay-above-1", args("--lr-decay", "1.1"), ("--lr-decay", "'1.1'", "above 0 and at most 1")),
+    Case("ar-window-even", args("--ar-window", "4"), ("--ar-window", "'4'", "odd width")),
     Case("preset-unknown", args("--preset", "fast"), ("--preset", "'fast'", "paper", "strong")),
     Case("hidden-empty-layer", args("--hidden", "16,,16"), ("--hidden", "'16,,16'", "e.g. --hidden 500,500")),
     Case("hidden-word", args("--hidden", "wide"), ("--hidden", "'wide'", "positive integers")),
