@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "pixel (default 0: every earlier pixel)")
     p.add_argument("--seed", type=cli.non_negative_int("--seed"), default=defaults.seed)
     p.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
-                   help="the CVAE's training objective: cvae (the ELBO, eq. 4), gsnn (eq. 9) or hybrid (eq. 10)")
+                   help="the CVAE's training objective: cvae (the ELBO, eq. 4), gsnn (eq. 9), hybrid (eq. 10) "
+                   "or iwae (the importance-weighted bound, Burda et al. 2016)")
     p.add_argument("--alpha", type=cli.unit_interval("--alpha"), default=defaults.alpha,
                    help="weight of the ELBO in the hybrid objective (default 0.5)")
     p.add_argument("--iw-samples", type=cli.positive_int("--iw-samples"), default=defaults.iw_samples,
