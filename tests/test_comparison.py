@@ -74,3 +74,11 @@ def test_ablation_rows_name_what_each_run_changes_from_the_papers_set_up():
     table = ablation_table(runs)
     assert "| none (the paper's set-up) | 0 | 65.00 ± 0.50 | 100.00 ± 0.50 |" in table
     assert "| objective iwae, iw samples 10 | 1 | 63.00 ± 0.50 | 100.00 ± 0.50 |" in table
+
+
+def test_without_cvae_runs_the_nn_row_counts_each_seed_once():
+    runs = [result("gsnn", seed, 100.0 + seed, 90.0) for seed in range(3)]
+    runs += [result("hybrid", seed, 100.0 + seed, 80.0) for seed in range(2)]
+    table = paper_table(runs)
+    assert "| NN baseline (exact) | 101.00 ± 1.00 (SE 0.50; 3 seeds) |" in table
+    assert "| hybrid (importance sampling) | 80.00 ± 0.00 (SE 0.50; 2 seeds) |" in table
