@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -23,10 +22,11 @@ from cvae import checkpoints, cli
 from cvae.config import RunConfig
 from cvae.data import load_splits
 from cvae.evaluation import mean_and_sem
-from cvae.experiment import setting_paths, task_data
+from cvae.experiment import fit_settings, setting_paths, task_data
 from cvae.models import BaselineNet
 from cvae.quadrants import QuadrantTask
-from cvae.training import FitSettings, StopFlag, TrainingInterrupted, fit
+from cvae.report import table_header
+from cvae.training import StopFlag, TrainingInterrupted, fit, stop_on_signals
 
 ROW = "NN + autoregressive term (exact CLL)"
 
@@ -65,30 +65,23 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
         raise cli.UserError(f"{out} holds another run ({out / 'config.json'}). Choose another --out.")
     splits = load_splits(config.data_dir, config.dataset)
     checkpoints.write_json(out / "config.json", saved)
-    stop = stop or StopFlag()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
-    settings = FitSettings(config.epochs, config.patience, config.batch_size, config.lr, config.seed)
-    lines = ["| negative CLL (nats) | " + " | ".join(f"{k} quadrant{'s' if k > 1 else ''}" for k in config.quadrants)
-             + " |", "|---" * (len(config.quadrants) + 1) + "|"]
+    settings = fit_settings(config)  # the paper's: the baseline trains on its exact likelihood whatever the objective
     cells, started = [], time.perf_counter()
     try:
-        for k in config.quadrants:
-            task, paths = QuadrantTask(k), setting_paths(out, k)
-            train, val = (task_data(images, task, config.binarize, device) for images in (splits.train, splits.val))
-            torch.manual_seed(config.seed * 10 + k)  # the paper's baseline of this seed starts from the same weights
-            model = BaselineNet(k, config.hidden, autoregressive=True, ar_window=args.ar_window).to(device)
-            fit(model, train, val, settings, paths.baseline, paths.baseline_state, stop, not args.no_progress,
-                f"q{k} NN + autoregressive")
-            best = checkpoints.build_model(checkpoints.load(paths.baseline), paths.baseline).to(device)
-            cll = mean_and_sem(exact_cll(best, *task_data(splits.test, task, config.binarize, device)))
-            cells.append(f"{cll['mean']:.2f} ± {cll['sem']:.2f}")
+        with stop_on_signals(stop or StopFlag()) as stop:
+            for k in config.quadrants:
+                task, paths = QuadrantTask(k), setting_paths(out, k)
+                train, val = (task_data(images, task, config.binarize, device) for images in (splits.train, splits.val))
+                torch.manual_seed(config.seed * 10 + k)  # the same initial weights as the seed's NN
+                model = BaselineNet(k, config.hidden, autoregressive=True, ar_window=args.ar_window).to(device)
+                fit(model, train, val, settings, paths.baseline, paths.baseline_state, stop, not args.no_progress,
+                    f"q{k} NN + autoregressive")
+                best = checkpoints.build_model(checkpoints.load(paths.baseline), paths.baseline).to(device)
+                cll = mean_and_sem(exact_cll(best, *task_data(splits.test, task, config.binarize, device)))
+                cells.append(f"{cll['mean']:.2f} ± {cll['sem']:.2f}")
     except TrainingInterrupted as stopped:
         raise TrainingInterrupted(f"{stopped}. The state is saved; run the same command to continue.") from None
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
-    lines.append(f"| {ROW} | " + " | ".join(cells) + " |")
+    lines = [*table_header(config.quadrants), f"| {ROW} | " + " | ".join(cells) + " |"]
     window = f"window {args.ar_window}" if args.ar_window else "every earlier pixel"
     table = "\n".join(lines) + (f"\n\n{splits.test.shape[0]} test images, seed {config.seed}, {window}; ± is the "
                                 f"standard error over images; {time.perf_counter() - started:.0f} s.\n")

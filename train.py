@@ -17,7 +17,6 @@ import argparse
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from cvae.config import PRESETS, RunConfig, environment
 from cvae.data import DATASETS, load_splits
 from cvae.experiment import evaluate_run, read_run, train_setting
 from cvae.objectives import OBJECTIVES
-from cvae.training import StopFlag, TrainingInterrupted
+from cvae.training import StopFlag, TrainingInterrupted, stop_on_signals
 
 RUN_ARTIFACTS = ("config.json", "results.json", "results.csv", "results.md", "training_curves.png")
 
@@ -203,20 +202,14 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
         checkpoints.write_json(run_dir / "config.json", saved)
     distributed.barrier()  # no process looks for resumable states before --overwrite has removed them
 
-    stop = stop or StopFlag()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
     started = time.perf_counter()
     try:
-        for k in config.quadrants:
-            train_setting(config, k, splits, run_dir, device, stop, not args.no_progress)
+        with stop_on_signals(stop or StopFlag()) as stop:
+            for k in config.quadrants:
+                train_setting(config, k, splits, run_dir, device, stop, not args.no_progress)
     except TrainingInterrupted as stopped:
         raise TrainingInterrupted(f"{stopped}. The resumable state is saved; continue with: "
                                   f"{distributed.command('train.py')} --resume {run_dir}") from None
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
-                          else signal.SIG_DFL)
     saved["finished"] = True
     saved["train_seconds"] = saved.get("train_seconds", 0.0) + time.perf_counter() - started
     if main_process:

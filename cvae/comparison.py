@@ -13,6 +13,7 @@ import torch
 
 from . import checkpoints
 from .config import RunConfig
+from .report import table_header
 
 # Published negative CLLs (nats) for 1 / 2 / 3 input quadrants (shared/REFERENCE.md), shown beside ours.
 PUBLISHED = {
@@ -96,8 +97,7 @@ def paper_table(runs: list[dict]) -> str:
     standard deviation, with the mean per-image standard error (SE)."""
     settings = sorted({key for run in runs for key in run if key.isdigit()})
     by_family = {name: [r for r in runs if family(r) == name] for name in FAMILIES}
-    lines = ["| negative CLL (nats) | " + " | ".join(f"{k} quadrant{'s' if k != '1' else ''}" for k in settings)
-             + " |", "|---" * (len(settings) + 1) + "|"]
+    lines = table_header(settings)
     for label, name, key in PAPER_ROWS:
         if name:
             chosen = by_family[name]

@@ -79,6 +79,12 @@ def fill(baseline: BaselineNet, x: torch.Tensor, block: int = 4096) -> torch.Ten
     return torch.cat([baseline.fill(part) for part in x.split(block)])
 
 
+def fit_settings(config: RunConfig) -> FitSettings:
+    """The training loop's settings of a run configuration."""
+    return FitSettings(config.epochs, config.patience, config.batch_size, config.lr, config.seed,
+                       config.objective, config.alpha, config.iw_samples, config.lr_decay)
+
+
 def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, device: torch.device,
                   stop: StopFlag | None = None, progress: bool = True) -> dict[str, list[dict]]:
     """Train the baseline, then the CVAE on top of its best checkpoint, for k input quadrants.
@@ -90,8 +96,7 @@ def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, devi
     train_images = splits.train if config.train_subset is None else splits.train[:config.train_subset]
     train = task_data(train_images, task, config.binarize, device)
     val = task_data(splits.val, task, config.binarize, device)
-    settings = FitSettings(config.epochs, config.patience, config.batch_size, config.lr, config.seed,
-                           config.objective, config.alpha, config.iw_samples, config.lr_decay)
+    settings = fit_settings(config)
 
     torch.manual_seed(config.seed * 10 + k)  # initial weights, the same whether resumed or not
     baseline = BaselineNet(k, config.hidden).to(device)

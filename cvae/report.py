@@ -23,12 +23,16 @@ def _row_label(key: str, results: dict) -> str:
     return label
 
 
+def table_header(settings: list) -> list[str]:
+    """The first two lines of a markdown table with one column per setting (number of input quadrants)."""
+    return ["| negative CLL (nats) | " + " | ".join(f"{k} quadrant{'s' if str(k) != '1' else ''}" for k in settings)
+            + " |", "|---" * (len(settings) + 1) + "|"]
+
+
 def markdown_table(results: dict) -> str:
     """The table of negative CLL (nats per test image, mean ± standard error), one column per setting."""
     settings = _settings(results)
-    header = "| negative CLL (nats) | " + " | ".join(
-        f"{k} quadrant{'s' if k != '1' else ''}" for k in settings) + " |"
-    lines = [header, "|---" * (len(settings) + 1) + "|"]
+    lines = table_header(settings)
     gsnn = results.get("objective") == "gsnn"
     for key in ROW_NAMES:
         if gsnn and key in RECOGNITION_ROWS:

@@ -16,8 +16,11 @@ the global losses and on a stop request, the validation loss is all-reduced, and
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -52,6 +55,19 @@ class StopFlag:
 
     def __call__(self, *_: object) -> None:
         self.requested = True
+
+
+@contextmanager
+def stop_on_signals(stop: StopFlag) -> Iterator[StopFlag]:
+    """Inside, SIGINT and SIGTERM set ``stop`` (the loop then saves its state and stops); after, the default
+    handlers are back."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @dataclass
