@@ -23,10 +23,10 @@ from cvae.config import RunConfig
 from cvae.data import load_splits
 from cvae.evaluation import mean_and_sem
 from cvae.experiment import fit_settings, setting_paths, task_data
-from cvae.models import BaselineNet
+from cvae.models import BaselineNet, build_model
 from cvae.quadrants import QuadrantTask
 from cvae.report import table_header
-from cvae.training import StopFlag, TrainingInterrupted, fit, stop_on_signals
+from cvae.training import StopFlag, TrainingInterrupted, stop_on_signals, train_loop
 
 ROW = "NN + autoregressive term (exact CLL)"
 
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
                 train, val = (task_data(images, task, config.binarize, device) for images in (splits.train, splits.val))
                 torch.manual_seed(config.seed * 10 + k)  # the same initial weights as the seed's NN
                 model = BaselineNet(k, config.hidden, autoregressive=True, ar_window=args.ar_window).to(device)
-                fit(model, train, val, settings, paths.baseline, paths.baseline_state, stop, not args.no_progress,
-                    f"q{k} NN + autoregressive")
-                best = checkpoints.build_model(checkpoints.load(paths.baseline), paths.baseline).to(device)
+                train_loop(model, train, val, settings, paths.baseline, paths.baseline_state, stop,
+                           not args.no_progress, f"q{k} NN + autoregressive")
+                best = build_model(checkpoints.load(paths.baseline), paths.baseline).to(device)
                 cll = mean_and_sem(exact_cll(best, *task_data(splits.test, task, config.binarize, device)))
                 cells.append(f"{cll['mean']:.2f} ± {cll['sem']:.2f}")
     except TrainingInterrupted as stopped:

@@ -25,7 +25,8 @@ from cvae import checkpoints, cli, distributed
 from cvae.config import PRESETS, RunConfig, environment
 from cvae.data import DATASETS, load_splits
 from cvae.experiment import evaluate_run, read_run, train_setting
-from cvae.objectives import OBJECTIVES
+from cvae.likelihoods import PIXEL_LIKELIHOODS as LIKELIHOODS
+from cvae.objectives import RUN_OBJECTIVES
 from cvae.training import StopFlag, TrainingInterrupted, stop_on_signals
 
 RUN_ARTIFACTS = ("config.json", "results.json", "results.csv", "results.md", "training_curves.png")
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --autoregressive: only the earlier pixels in a square of this odd width around each "
                    "pixel (default 0: every earlier pixel)")
     p.add_argument("--seed", type=cli.non_negative_int("--seed"), default=defaults.seed)
-    p.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
+    p.add_argument("--objective", choices=RUN_OBJECTIVES, default=defaults.objective,
                    help="the CVAE's training objective: cvae (the ELBO, eq. 4), gsnn (eq. 9), hybrid (eq. 10) "
                    "or iwae (the importance-weighted bound, Burda et al. 2016)")
     p.add_argument("--alpha", type=cli.unit_interval("--alpha"), default=defaults.alpha,
@@ -65,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr-decay", type=cli.decay_factor("--lr-decay"), default=defaults.lr_decay,
                    help="the learning rate of epoch e (from 0) is lr * lr_decay ** e (default 1: constant)")
     p.add_argument("--dataset", choices=DATASETS, default=defaults.dataset)
+    p.add_argument("--likelihood", choices=LIKELIHOODS, default=defaults.likelihood,
+                   help="of the output pixels: bernoulli (the paper's, the default; a true log-likelihood only "
+                   "with --binarize) or continuous-bernoulli (a normalized density on [0, 1] for grayscale pixels)")
     p.add_argument("--binarize", action="store_true",
                    help="binarize the targets at 0.5 (default: grayscale targets, as the tutorial)")
     p.add_argument("--data-dir", default=defaults.data_dir)
@@ -98,7 +102,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         autoregressive=args.autoregressive, ar_window=args.ar_window,
         seed=args.seed, objective=args.objective, alpha=args.alpha, iw_samples=args.iw_samples,
         lr_decay=args.lr_decay, preset=args.preset,
-        dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
+        likelihood=args.likelihood, dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
         train_subset=args.train_subset, num_samples=args.num_samples)
 
 

@@ -35,7 +35,7 @@ from common import (
     timed,
 )
 
-from cvae.experiment import fill
+from cvae.fitting import predictions
 from cvae.quadrants import NUM_PIXELS
 
 
@@ -60,7 +60,7 @@ def main() -> None:
     info = machine()
     data = quadrant_data(args.quadrants, device)["train"]
     baseline, cvae = our_models(args.quadrants, device)
-    filled = fill(cvae.baseline, data[0])
+    filled = predictions(cvae.baseline, data[0])
     flops = {"baseline": baseline_training_flops(baseline), "cvae": cvae_training_flops(cvae)}
     hidden = baseline.hidden[0]
     square = "1024x1024@1024x1024"

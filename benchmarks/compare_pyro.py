@@ -63,8 +63,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from cvae import estimators
-from cvae.experiment import fill
+from cvae.fitting import predictions
 from cvae.models import CVAE, BaselineNet
+from cvae.quadrants import QuadrantTask
 from cvae.training import epoch_order
 
 BATCH_SIZE = 128
@@ -167,6 +168,11 @@ class PeerCVAE(nn.Module):
             else:
                 loc, scale = self.recognition_net(xs, ys)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+
+def tutorial_view(task: QuadrantTask, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tutorial's (x, y): both whole images, y with -1 on x's pixels (ours holds y's pixels only)."""
+    return x, torch.where(task.input_mask.to(x.device), -1.0, task.combine(x, y))
 
 
 def batches(data: tuple[torch.Tensor, ...], order: torch.Tensor, size: int):
@@ -316,9 +322,9 @@ def main() -> None:
     n_train, n_test = train[0].shape[0], test[0].shape[0]
 
     baseline, cvae = our_models(args.quadrants, device)
-    fill_seconds = timed(lambda: fill(cvae.baseline, train[0]), device)
+    fill_seconds = timed(lambda: predictions(cvae.baseline, train[0]), device)
     ours_baseline = OurTrainer(baseline, train, BATCH_SIZE)
-    ours_cvae = OurTrainer(cvae, (*train, fill(cvae.baseline, train[0])), BATCH_SIZE)
+    ours_cvae = OurTrainer(cvae, (*train, predictions(cvae.baseline, train[0])), BATCH_SIZE)
     generator = torch.Generator(device).manual_seed(0)
 
     def ours_evaluate(x: torch.Tensor = test[0], y: torch.Tensor = test[1]) -> None:
@@ -326,7 +332,7 @@ def main() -> None:
             (-baseline.log_likelihood(x, y)).mean().item()
         estimators.cll_importance(cvae.eval(), x, y, args.num_samples, generator).mean().item()
 
-    peer = PeerTrainer(train, device)
+    peer = PeerTrainer(tutorial_view(cvae.task, *train), device)
     pipeline = tutorial_pipeline_epoch(args.quadrants, n_train)
 
     log("warm-up")
@@ -335,7 +341,8 @@ def main() -> None:
     peer.baseline_epoch(limit=5)
     peer.cvae_epoch(limit=5)
     ours_evaluate(test[0][:64], test[1][:64])
-    peer.evaluate((test[0][:64], test[1][:64]), args.peer_eval_batch)
+    peer_test = tutorial_view(cvae.task, *test)
+    peer.evaluate((peer_test[0][:64], peer_test[1][:64]), args.peer_eval_batch)
 
     measurements: dict[str, Callable[[], object]] = {
         "ours_baseline_epoch": ours_baseline.run,
@@ -343,7 +350,7 @@ def main() -> None:
         "ours_cvae_epoch": ours_cvae.run,
         "peer_cvae_epoch": peer.cvae_epoch,
         "ours_evaluation": ours_evaluate,
-        "peer_evaluation": lambda: peer.evaluate(test, args.peer_eval_batch),
+        "peer_evaluation": lambda: peer.evaluate(peer_test, args.peer_eval_batch),
         "tutorial_data_pipeline_epoch": pipeline,
     }
     times: dict[str, list[float]] = {name: [] for name in measurements}
@@ -360,7 +367,8 @@ def main() -> None:
             "ours_cvae_20_steps": profile_ops(lambda: ours_cvae.run(20), device, "ours: 20 CVAE steps"),
             "peer_cvae_20_steps": profile_ops(lambda: peer.cvae_epoch(limit=20), device, "peer: 20 svi.step"),
             "ours_evaluation_512": profile_ops(lambda: ours_evaluate(*part), device, "ours: evaluation, 512 images"),
-            "peer_evaluation_512": profile_ops(lambda: peer.evaluate(part, args.peer_eval_batch), device,
+            "peer_evaluation_512": profile_ops(lambda: peer.evaluate((peer_test[0][:512], peer_test[1][:512]),
+                                                                     args.peer_eval_batch), device,
                                                "peer: evaluation, 512 images"),
         }
 

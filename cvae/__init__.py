@@ -1,12 +1,17 @@
 """Conditional Variational Auto-encoder (Sohn, Lee, Yan, NeurIPS 2015) in plain PyTorch.
 
-    from cvae import QuadrantTask, BaselineNet, CVAE
+    from cvae import ConditionalVAE, Regressor, fit, likelihoods, estimators   # any (x, y)
+    from cvae import QuadrantTask, BaselineNet, CVAE                          # the paper's MNIST experiment
 """
 
 import torch
 
+from . import estimators, likelihoods
+from .conditional_vae import ConditionalVAE
+from .fitting import fit
 from .models import CVAE, BaselineNet
 from .quadrants import QuadrantTask
+from .regressor import Regressor
 
 # Flush denormal floats to zero. Adam's moments of weights whose input pixel is rarely non-zero decay into
 # denormals after a few epochs, and denormal arithmetic made CPU training epochs 2x slower. Set on import,
@@ -14,4 +19,4 @@ from .quadrants import QuadrantTask
 # (setting it later reaches the calling thread alone).
 torch.set_flush_denormal(True)
 
-__all__ = ["CVAE", "BaselineNet", "QuadrantTask"]
+__all__ = ["ConditionalVAE", "Regressor", "fit", "likelihoods", "estimators", "CVAE", "BaselineNet", "QuadrantTask"]

@@ -16,8 +16,6 @@ from typing import Any
 
 import torch
 
-from .models import CVAE, BaselineNet, autoregression_options
-
 
 class CheckpointError(Exception):
     """A checkpoint is missing, truncated, unsafe, or does not match the run's configuration."""
@@ -88,37 +86,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
 
 
 # what a checkpoint written before an option existed was made with
-CHECKPOINT_DEFAULTS = {"autoregressive": False, "ar_window": 0}
-
-
-def model_checkpoint(model: BaselineNet | CVAE) -> dict:
-    """The dict saved for a trained model: its kind, the configuration that builds it, its weights."""
-    config = {"num_quadrants": model.task.num_quadrants, "hidden": list(model.hidden)} | autoregression_options(model)
-    if isinstance(model, CVAE):
-        config.update(z_dim=model.z_dim, baseline_hidden=list(model.baseline.hidden))
-    kind = "cvae" if isinstance(model, CVAE) else "baseline"
-    return {"kind": kind, "config": config, "state_dict": model.state_dict()}
-
-
-def build_model(checkpoint: dict, path: str | Path = "<checkpoint>") -> BaselineNet | CVAE:
-    """Rebuild a model from ``model_checkpoint``'s dict and load its weights."""
-    try:
-        kind, config = checkpoint["kind"], CHECKPOINT_DEFAULTS | checkpoint["config"]
-        k = config["num_quadrants"]
-        if kind == "baseline":
-            model = BaselineNet(k, config["hidden"], config["autoregressive"], config["ar_window"])
-        elif kind == "cvae":
-            baseline = BaselineNet(k, config["baseline_hidden"])
-            model = CVAE(baseline, config["z_dim"], config["hidden"], config["autoregressive"], config["ar_window"])
-        else:
-            raise KeyError(f"kind {kind!r}")
-        model.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise CheckpointError(
-            f"checkpoint {path} does not hold a model this library can build ({describe(error)}). "
-            "Point at the run that made it, or re-run training."
-        ) from None
-    return model
+CHECKPOINT_DEFAULTS = {"autoregressive": False, "ar_window": 0, "likelihood": "bernoulli"}
 
 
 def expect_config(checkpoint: dict, expected: dict, path: str | Path) -> None:

@@ -31,6 +31,7 @@ class RunConfig:
     iw_samples: int = 5  # samples of z per image in the importance-weighted objective ("iwae")
     lr_decay: float = 1.0  # learning rate of epoch e (from 0): lr * lr_decay ** e
     preset: str = "paper"  # the named set of defaults the run started from (PRESETS)
+    likelihood: str = "bernoulli"  # of y's pixels: "bernoulli" (the paper's) or "continuous-bernoulli"
     dataset: str = "mnist"
     binarize: bool = False
     data_dir: str = "data"

@@ -1,4 +1,4 @@
-"""Estimators of the negative conditional log-likelihood -log p(y|x) of a CVAE, per image, in nats.
+"""Estimators of the negative conditional log-likelihood -log p(y|x) of a ConditionalVAE, per image, in nats.
 
 With S samples of z, from the prior (Monte Carlo) or from the recognition net (importance sampling):
 
@@ -19,8 +19,9 @@ from collections.abc import Callable
 
 import torch
 
+from .conditional_vae import ConditionalVAE, Context
 from .distributions import DiagonalGaussian, kl_divergence
-from .models import CVAE, Context
+from .inputs import check_data, check_num_samples
 
 # Image-samples evaluated in one pass of the generation net. Kept small enough that every activation
 # stays under glibc's 32 MB mmap threshold: larger buffers are mapped fresh and page-faulted on every
@@ -29,13 +30,8 @@ MAX_ROWS = 4096
 IMAGE_BLOCK = 2048
 
 # log-weight of each sample: (model, x, y, context, posterior, prior, z) -> (chunk, N)
-LogWeight = Callable[[CVAE, torch.Tensor, torch.Tensor, Context, DiagonalGaussian,
+LogWeight = Callable[[ConditionalVAE, torch.Tensor, torch.Tensor, Context, DiagonalGaussian,
                       DiagonalGaussian, torch.Tensor], torch.Tensor]
-
-
-def _check(num_samples: int) -> None:
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
 
 
 def _blocks(n: int, size: int) -> list[slice]:
@@ -44,7 +40,7 @@ def _blocks(n: int, size: int) -> list[slice]:
 
 @torch.inference_mode()
 def _reduce_samples(
-    model: CVAE,
+    model: ConditionalVAE,
     x: torch.Tensor,
     y: torch.Tensor,
     num_samples: int,
@@ -54,8 +50,9 @@ def _reduce_samples(
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Per image, log-mean-exp (reduce="logmeanexp") or mean (reduce="mean") of the log-weights of
-    num_samples draws of z from the proposal ("prior" or "posterior"). x, y: (N, 784) -> (N,)."""
-    _check(num_samples)
+    num_samples draws of z from the proposal ("prior" or "posterior"). x, y: (N, x_dim), (N, y_dim) -> (N,)."""
+    check_num_samples(num_samples)
+    check_data(model, x, y)
     results = []
     for block in _blocks(x.shape[0], IMAGE_BLOCK):
         xb, yb = x[block], y[block]
@@ -90,19 +87,19 @@ def _importance_log_weight(model, x, y, context, posterior, prior, z):
 
 
 def cll_monte_carlo(
-    model: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
+    model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """-log (1/S) sum_s p(y|x,z_s), z_s ~ p(z|x): x, y (N, 784) -> (N,) nats."""
+    """-log (1/S) sum_s p(y|x,z_s), z_s ~ p(z|x): x, y (N, x_dim), (N, y_dim) -> (N,) nats."""
     return -_reduce_samples(model, x, y, num_samples, "prior", _log_likelihood,
                             "logmeanexp", generator)
 
 
 def cll_importance(
-    model: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
+    model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """-log (1/S) sum_s p(y|x,z_s) p(z_s|x) / q(z_s|x,y), z_s ~ q(z|x,y): (N, 784) -> (N,) nats."""
+    """-log (1/S) sum_s p(y|x,z_s) p(z_s|x) / q(z_s|x,y), z_s ~ q(z|x,y): x, y (N, x_dim), (N, y_dim) -> (N,) nats."""
     return -_reduce_samples(model, x, y, num_samples, "posterior", _importance_log_weight,
                             "logmeanexp", generator)
 
@@ -113,7 +110,7 @@ def _elbo_term(model, x, y, context, posterior, prior, z):
 
 
 def negative_elbo(
-    model: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
+    model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """KL(q || p) - (1/S) sum_s log p(y|x,z_s), z_s ~ q(z|x,y) (closed-form KL): (N,) nats."""

@@ -25,9 +25,11 @@ from .cli import UserError
 from .config import RunConfig
 from .data import Splits
 from .evaluation import sharded_per_image_cll, summarize
-from .models import CVAE, BaselineNet
-from .quadrants import MISSING, QuadrantTask
-from .training import FitSettings, StopFlag, fit
+from .likelihoods import by_name
+from .models import CVAE, BaselineNet, build_model
+from .quadrants import QuadrantTask
+from .regressor import Regressor
+from .training import FitSettings, StopFlag, train_loop
 
 
 @dataclass(frozen=True)
@@ -65,18 +67,17 @@ def setting_paths(run_dir: Path, k: int) -> SettingPaths:
 
 def task_data(images: torch.Tensor, task: QuadrantTask, binarize: bool,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) on the device; with binarize, the targets y are thresholded at 0.5."""
+    """x (N, 784) with -1 on the output pixels and the output pixels y (N, num_output_pixels), on the device;
+    with binarize, the targets y are thresholded at 0.5."""
     x, y = task.split(images.to(device))
-    if binarize:
-        y = torch.where(y == MISSING, y, (y > 0.5).to(y.dtype))
-    return x, y
+    return x, (y > 0.5).to(y.dtype) if binarize else y
 
 
 @torch.no_grad()
-def fill(baseline: BaselineNet, x: torch.Tensor, block: int = 4096) -> torch.Tensor:
-    """The baseline's x_filled for a whole dataset, computed once: (N, 784)."""
+def predictions(baseline: Regressor, x: torch.Tensor, block: int = 4096) -> torch.Tensor:
+    """The baseline's prediction y_hat for a whole dataset, computed once: (N, y_dim)."""
     baseline.eval()
-    return torch.cat([baseline.fill(part) for part in x.split(block)])
+    return torch.cat([baseline(part) for part in x.split(block)])
 
 
 def fit_settings(config: RunConfig) -> FitSettings:
@@ -99,15 +100,15 @@ def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, devi
     settings = fit_settings(config)
 
     torch.manual_seed(config.seed * 10 + k)  # initial weights, the same whether resumed or not
-    baseline = BaselineNet(k, config.hidden).to(device)
-    histories = {"baseline": fit(baseline, train, val, settings, paths.baseline,
+    baseline = BaselineNet(k, config.hidden, likelihood=by_name(config.likelihood)).to(device)
+    histories = {"baseline": train_loop(baseline, train, val, settings, paths.baseline,
                                  paths.baseline_state, stop, progress, f"q{k} baseline")}
 
     torch.manual_seed(config.seed * 10 + k + 5)
     best_baseline = load_model(paths.baseline, "baseline", k, config, device)
     cvae = CVAE(best_baseline, config.z_dim, config.hidden, config.autoregressive, config.ar_window).to(device)
-    train, val = (*train, fill(best_baseline, train[0])), (*val, fill(best_baseline, val[0]))
-    histories["cvae"] = fit(cvae, train, val, settings, paths.cvae, paths.cvae_state, stop,
+    train, val = (*train, predictions(best_baseline, train[0])), (*val, predictions(best_baseline, val[0]))
+    histories["cvae"] = train_loop(cvae, train, val, settings, paths.cvae, paths.cvae_state, stop,
                             progress, f"q{k} cvae")
     if distributed.is_main():
         checkpoints.write_json(paths.history, histories)
@@ -136,14 +137,14 @@ def load_model(path: Path, kind: str, k: int, config: RunConfig,
     if checkpoint.get("kind") != kind:
         raise checkpoints.CheckpointError(
             f"checkpoint {path} holds a {checkpoint.get('kind')!r} model, expected {kind!r}.")
-    expected = {"num_quadrants": k, "hidden": list(config.hidden),
+    expected = {"num_quadrants": k, "hidden": list(config.hidden), "likelihood": config.likelihood,
                 "autoregressive": kind == "cvae" and config.autoregressive}  # the baseline never has the term
     if kind == "cvae":
         expected["z_dim"] = config.z_dim
         if config.autoregressive:
             expected["ar_window"] = config.ar_window
     checkpoints.expect_config(checkpoint, expected, path)
-    return checkpoints.build_model(checkpoint, path).to(device)
+    return build_model(checkpoint, path).to(device)
 
 
 def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch.device,
@@ -155,7 +156,8 @@ def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch
     evaluates a share of the test images; rank 0 gathers them, writes and returns the table ("" elsewhere).
     """
     test_images = splits.test if test_subset is None else splits.test[:test_subset]
-    results: dict = {"dataset": config.dataset, "protocol": config.protocol, "objective": config.objective,
+    results: dict = {"dataset": config.dataset, "protocol": config.protocol, "likelihood": config.likelihood,
+                     "objective": config.objective,
                      "alpha": config.alpha, "seed": config.seed, "preset": config.preset,
                      "num_samples": num_samples, "test_examples": int(test_images.shape[0])}
     histories = {}

@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 from .checkpoints import atomic_path  # noqa: E402
 from .models import CVAE, BaselineNet  # noqa: E402
-from .quadrants import IMAGE_SIDE, MISSING  # noqa: E402
+from .quadrants import IMAGE_SIDE, MISSING, QuadrantTask  # noqa: E402
 
 MISSING_SHADE = 0.3  # gray level that marks the pixels x does not have
 
@@ -28,14 +28,14 @@ def sample_grid(
     baseline: BaselineNet, cvae: CVAE, x: torch.Tensor, y: torch.Tensor, path: Path,
     num_samples: int = 10, seed: int = 0, title: str = "",
 ) -> None:
-    """Columns: test digits. Rows: input x (unseen pixels gray), truth, the NN's prediction, and
-    num_samples CVAE predictions (means of p(y|x,z) for z ~ p(z|x))."""
+    """Columns: test digits, x (N, 784) and their output pixels y. Rows: input x (unseen pixels gray), truth, the
+    NN's prediction, and num_samples CVAE predictions (means of p(y|x,z) for z ~ p(z|x))."""
     baseline.eval()
     cvae.eval()
     generator = torch.Generator(x.device).manual_seed(seed)
-    truth = torch.where(x == MISSING, y, x)
-    rows = [torch.where(x == MISSING, MISSING_SHADE, x), truth, baseline.fill(x),
-            *cvae.sample(x, num_samples, generator)]
+    task: QuadrantTask = cvae.task
+    rows = [torch.where(x == MISSING, MISSING_SHADE, x), task.combine(x, y), task.combine(x, baseline(x)),
+            *task.combine(x, cvae.sample(x, num_samples, generator=generator, mean=True))]
     labels = ["input", "truth", "NN", *[f"CVAE {i + 1}" for i in range(num_samples)]]
     num_digits = x.shape[0]
     fig, axes = plt.subplots(len(rows), num_digits, figsize=(num_digits * 0.8, len(rows) * 0.8),

@@ -10,28 +10,30 @@ import math
 
 import torch
 
+from .conditional_vae import ConditionalVAE
 from .distributions import kl_divergence
-from .models import CVAE, BaselineNet
+from .regressor import Regressor
 
-OBJECTIVES = ("cvae", "gsnn", "hybrid", "iwae")
+OBJECTIVES = ("elbo", "gsnn", "hybrid", "iwae")
+RUN_OBJECTIVES = ("cvae", "gsnn", "hybrid", "iwae")  # train.py's names, where "cvae" is the ELBO
 
 
 def elbo(
-    model: CVAE,
+    model: ConditionalVAE,
     x: torch.Tensor,
     y: torch.Tensor,
     num_samples: int = 1,
     generator: torch.Generator | None = None,
-    filled: torch.Tensor | None = None,
+    y_hat: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The CVAE's evidence lower bound on log p(y|x), per image (Sohn et al. 2015, eq. 4):
 
         ELBO(x, y) = -KL(q(z|x,y) || p(z|x)) + (1/L) sum_{l=1}^{L} log p(y|x, z_l),  z_l ~ q(z|x,y),
 
     with the KL in closed form and z_l reparameterized, so the gradient flows to all three networks.
-    x, y: (N, 784) -> (N,); filled: the baseline's x_filled (N, 784), computed when not given.
+    x, y: (N, x_dim), (N, y_dim) -> (N,); y_hat: the baseline's prediction (N, y_dim), computed when not given.
     """
-    context = model.context(x, filled, y)
+    context = model.context(x, y_hat, y)
     posterior = model.posterior(x, y)
     z = posterior.rsample((num_samples,), generator=generator)  # (L, N, z_dim)
     reconstruction = model.log_likelihood(x, y, z, context).mean(0)
@@ -39,54 +41,54 @@ def elbo(
 
 
 def gsnn_objective(
-    model: CVAE,
+    model: ConditionalVAE,
     x: torch.Tensor,
     y: torch.Tensor,
     num_samples: int = 1,
     generator: torch.Generator | None = None,
-    filled: torch.Tensor | None = None,
+    y_hat: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The Gaussian stochastic neural network's objective, per image (Sohn et al. 2015, eq. 9):
 
         L_GSNN(x, y) = (1/L) sum_{l=1}^{L} log p(y|x, z_l),   z_l ~ p(z|x) (reparameterized),
 
     the ELBO with the prior network as the proposal, so training samples z as testing does and the
-    recognition network is not used. x, y: (N, 784) -> (N,).
+    recognition network is not used. x, y: (N, x_dim), (N, y_dim) -> (N,).
     """
-    context = model.context(x, filled, y)
+    context = model.context(x, y_hat, y)
     z = model.prior(x, context).rsample((num_samples,), generator=generator)
     return model.log_likelihood(x, y, z, context).mean(0)
 
 
 def hybrid_objective(
-    model: CVAE,
+    model: ConditionalVAE,
     x: torch.Tensor,
     y: torch.Tensor,
     alpha: float,
     generator: torch.Generator | None = None,
-    filled: torch.Tensor | None = None,
+    y_hat: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """alpha * ELBO + (1 - alpha) * L_GSNN, per image, one sample of z each (Sohn et al. 2015, eq. 10)."""
-    return (alpha * elbo(model, x, y, 1, generator, filled)
-            + (1 - alpha) * gsnn_objective(model, x, y, 1, generator, filled))
+    return (alpha * elbo(model, x, y, 1, generator, y_hat)
+            + (1 - alpha) * gsnn_objective(model, x, y, 1, generator, y_hat))
 
 
 def importance_weighted_bound(
-    model: CVAE,
+    model: ConditionalVAE,
     x: torch.Tensor,
     y: torch.Tensor,
     num_samples: int,
     generator: torch.Generator | None = None,
-    filled: torch.Tensor | None = None,
+    y_hat: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The importance-weighted bound on log p(y|x), per image (Burda et al. 2016, eq. 8, made conditional):
 
         L_K(x, y) = log (1/K) sum_{k=1}^{K} p(y|x, z_k) p(z_k|x) / q(z_k|x,y),   z_k ~ q(z|x,y) (reparameterized).
 
     The log of the importance-sampled estimate of p(y|x) that the evaluation uses, so training maximizes what is
-    reported. ELBO = E[L_1] <= E[L_K] <= E[L_{K+1}] <= log p(y|x). x, y: (N, 784) -> (N,).
+    reported. ELBO = E[L_1] <= E[L_K] <= E[L_{K+1}] <= log p(y|x). x, y: (N, x_dim), (N, y_dim) -> (N,).
     """
-    context = model.context(x, filled, y)
+    context = model.context(x, y_hat, y)
     posterior = model.posterior(x, y)
     z = posterior.rsample((num_samples,), generator=generator)  # (K, N, z_dim)
     log_weights = (model.log_likelihood(x, y, z, context) + model.prior(x, context).log_prob(z)
@@ -95,13 +97,13 @@ def importance_weighted_bound(
 
 
 def training_loss(
-    model: BaselineNet | CVAE,
+    model: Regressor | ConditionalVAE,
     x: torch.Tensor,
     y: torch.Tensor,
-    filled: torch.Tensor | None = None,
+    y_hat: torch.Tensor | None = None,
     *,
     generator: torch.Generator | None = None,
-    objective: str = "cvae",
+    objective: str = "elbo",
     alpha: float = 0.5,
     iw_samples: int = 5,
 ) -> torch.Tensor:
@@ -109,14 +111,14 @@ def training_loss(
     (exact); for the CVAE the negative of its objective ("cvae": the ELBO, "gsnn", or "hybrid" with
     weight alpha on the ELBO, with one sample of z; "iwae": the importance-weighted bound with
     iw_samples samples of z)."""
-    if not isinstance(model, CVAE):
+    if not isinstance(model, ConditionalVAE):
         return -model.log_likelihood(x, y).mean()
-    if objective == "cvae":
-        return -elbo(model, x, y, 1, generator, filled).mean()
+    if objective in ("elbo", "cvae"):
+        return -elbo(model, x, y, 1, generator, y_hat).mean()
     if objective == "gsnn":
-        return -gsnn_objective(model, x, y, 1, generator, filled).mean()
+        return -gsnn_objective(model, x, y, 1, generator, y_hat).mean()
     if objective == "hybrid":
-        return -hybrid_objective(model, x, y, alpha, generator, filled).mean()
+        return -hybrid_objective(model, x, y, alpha, generator, y_hat).mean()
     if objective == "iwae":
-        return -importance_weighted_bound(model, x, y, iw_samples, generator, filled).mean()
+        return -importance_weighted_bound(model, x, y, iw_samples, generator, y_hat).mean()
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")

@@ -1,8 +1,8 @@
 """The quadrant task of the paper's section 5.1: predict the unseen quadrants of an MNIST digit.
 
-Each 28x28 image is split into four 14x14 quadrants. With k input quadrants, x holds those
-quadrants and y holds the other 4 - k; pixels that do not belong to a part are marked -1 in it,
-as in the Pyro tutorial. The input quadrants follow the tutorial's convention:
+Each 28x28 image is split into four 14x14 quadrants. With k input quadrants, x is the whole image with the
+pixels of the other 4 - k quadrants marked -1 (as in the Pyro tutorial), and y holds the pixels of those
+4 - k quadrants, in raster order. The input quadrants follow the tutorial's convention:
 
     k = 1: bottom-left            k = 2: left half            k = 3: all but bottom-right
 """
@@ -52,7 +52,8 @@ class QuadrantTask:
         return int(self.output_mask.sum())
 
     def split(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images: (N, 28, 28) or (N, 784) in [0, 1] -> x, y: (N, 784), -1 where not part of them."""
+        """images: (N, 28, 28) or (N, 784) in [0, 1] -> x (N, 784) with -1 on the output pixels, and the output
+        pixels y (N, num_output_pixels)."""
         if images.dim() == 3 and images.shape[1:] == (IMAGE_SIDE, IMAGE_SIDE):
             images = images.reshape(images.shape[0], NUM_PIXELS)
         if images.dim() != 2 or images.shape[1] != NUM_PIXELS:
@@ -60,9 +61,7 @@ class QuadrantTask:
                 f"images must have shape (N, 28, 28) or (N, 784); got {tuple(images.shape)}."
             )
         input_mask = self.input_mask.to(images.device)
-        x = torch.where(input_mask, images, MISSING)
-        y = torch.where(input_mask, MISSING, images)
-        return x, y
+        return torch.where(input_mask, images, MISSING), images[:, ~input_mask]
 
     def combine(self, x: torch.Tensor, y_pixels: torch.Tensor) -> torch.Tensor:
         """Fill the output pixels of x: x (N, 784), y_pixels (..., N, num_output_pixels) -> (..., N, 784)."""

@@ -43,7 +43,9 @@ def markdown_table(results: dict) -> str:
     if gsnn:
         lines.append("GSNN objective: the recognition net is not trained, so the rows that sample from it "
                      "(negative ELBO, importance sampling, gap) are left out; results.json keeps them.")
-    lines.append(f"{results['dataset']}, {results['protocol']} targets, "
+    likelihood = results.get("likelihood", "bernoulli")
+    under = "" if likelihood == "bernoulli" else f" under the {likelihood} likelihood (a normalized density)"
+    lines.append(f"{results['dataset']}, {results['protocol']} targets{under}, "
                  f"{results['test_examples']} test images; ± is the standard error over images.")
     return "\n".join(lines) + "\n"
 

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import checkpoints, distributed
-from .models import CVAE
+from .conditional_vae import ConditionalVAE
 from .objectives import training_loss
 
 CHECK_EVERY = 50  # steps between the (synchronizing) finiteness checks and progress-bar updates
@@ -77,7 +77,7 @@ class FitSettings:
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
-    objective: str = "cvae"  # what a CVAE is trained on (objectives.training_loss); the baseline ignores it
+    objective: str = "elbo"  # what a CVAE is trained on (objectives.training_loss); the baseline ignores it
     alpha: float = 0.5
     iw_samples: int = 5  # samples of z per image for the "iwae" objective
     lr_decay: float = 1.0  # the learning rate of epoch e (from 0) is lr * lr_decay ** e
@@ -131,7 +131,7 @@ def distributed_loss(model: nn.Module, settings: FitSettings) -> DistributedData
     return DistributedDataParallel(
         _Loss(model, settings), device_ids=[device.index] if device.type == "cuda" else None,
         forward_sync_buffers=False,  # the only buffers are constant masks
-        find_unused_parameters=isinstance(model, CVAE) and settings.objective == "gsnn")
+        find_unused_parameters=isinstance(model, ConditionalVAE) and settings.objective == "gsnn")
 
 
 @torch.no_grad()
@@ -158,24 +158,25 @@ def _fresh_state(seed: int) -> dict:
             "finished": False, "partial_losses": torch.zeros(0), "seed": seed}
 
 
-def fit(
+def train_loop(
     model: nn.Module,
     train: tuple[torch.Tensor, ...],
     val: tuple[torch.Tensor, ...],
     settings: FitSettings,
-    best_path: Path,
-    state_path: Path,
+    best_path: Path | None,
+    state_path: Path | None,
     stop: StopFlag | None = None,
     progress: bool = True,
     desc: str = "",
 ) -> list[dict]:
     """Train ``model`` on ``settings.loss`` (``objectives.training_loss``); return the per-epoch history.
 
-    train, val: (x, y) tensors (N, 784) on the model's device, plus for the CVAE the baseline's
-    x_filled (see ``objectives.training_loss``). The best weights (lowest validation
-    loss) go to ``best_path``; the resumable state (weights, optimizer, epoch, step, early-stopping
-    state, RNG state) to ``state_path`` at each epoch end and when ``stop`` is requested. If
-    ``state_path`` exists, training continues from it.
+    train, val: (x, y) tensors (N, x_dim), (N, y_dim) on the model's device, plus for a CVAE with a baseline
+    the baseline's predictions y_hat (see ``objectives.training_loss``). The best weights (lowest validation
+    loss) go to ``best_path``, or, without one, stay in memory and are loaded into the model at the end; the
+    resumable state (weights, optimizer, epoch, step, early-stopping state, RNG state) goes to ``state_path``
+    (when given) at each epoch end and when ``stop`` is requested. If ``state_path`` exists, training
+    continues from it.
     """
     num_examples, device = train[0].shape[0], train[0].device
     rank, world = distributed.rank(), distributed.world_size()
@@ -184,7 +185,7 @@ def fit(
     noise = torch.Generator(device).manual_seed(settings.seed + rank * NOISE_SEED_STRIDE)
 
     state = _fresh_state(settings.seed)
-    if state_path.exists():
+    if state_path is not None and state_path.exists():
         state = _resume(state_path, model, optimizer, noise)
     if state["finished"]:
         return state["history"]
@@ -196,10 +197,11 @@ def fit(
                      optimizer=optimizer.state_dict(), noise_rng=noise.get_state())
         if world > 1:  # every process's noise state, for an exact resumption with as many processes
             state["noise_rngs"] = distributed.gather_tensors(noise.get_state()).view(world, -1)
-        if rank == 0:
+        if rank == 0 and state_path is not None:
             checkpoints.save(state, state_path)
 
     num_batches = math.ceil(num_examples / settings.batch_size)
+    best_weights = None
     for epoch in range(state["epoch"], settings.epochs):
         started = time.perf_counter()
         first_step = state["step"] if epoch == state["epoch"] else 0
@@ -239,8 +241,10 @@ def fit(
         improved = val_loss < state["best_val"]
         if improved:
             state["best_val"], state["bad_epochs"] = val_loss, 0
-            if rank == 0:
-                checkpoints.save(checkpoints.model_checkpoint(model), best_path)
+            if best_path is None:
+                best_weights = {key: value.clone() for key, value in model.state_dict().items()}
+            elif rank == 0:
+                checkpoints.save(model.checkpoint(), best_path)
         else:
             state["bad_epochs"] += 1
         state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
@@ -253,6 +257,8 @@ def fit(
         if state["finished"]:
             break
     distributed.barrier()  # rank 0 has written the best checkpoint before any process reads it
+    if best_path is None and best_weights is not None:
+        model.load_state_dict(best_weights)
     return state["history"]
 
 
@@ -292,13 +298,17 @@ def _noise_state(state: dict) -> torch.Tensor:
     return states[distributed.rank()].clone()  # a tensor of its own: Generator.set_state misreads a row view
 
 
-def _check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int, best_path: Path) -> None:
+def _check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int, best_path: Path | None) -> None:
     window = losses[start:stop]
     bad = (~torch.isfinite(window)).nonzero()
     if bad.numel():
         step = start + int(bad[0, 0])
-        kept = (f"the last good checkpoint {best_path} is kept" if best_path.exists()
-                else f"no checkpoint had been saved yet ({best_path} does not exist)")
+        if best_path is None:
+            kept = "the model holds the weights of that step"
+        elif best_path.exists():
+            kept = f"the last good checkpoint {best_path} is kept"
+        else:
+            kept = f"no checkpoint had been saved yet ({best_path} does not exist)"
         raise NonFiniteLoss(
             f"the training loss became {losses[step].item()} at epoch {epoch + 1}, step {step + 1}. "
             f"Training stopped; {kept}. Start a new run with a smaller learning rate (--lr), or "

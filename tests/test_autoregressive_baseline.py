@@ -8,6 +8,7 @@ from conftest import invoke, load_script
 
 from cvae import CVAE, BaselineNet, QuadrantTask, checkpoints
 from cvae.distributions import bernoulli_log_likelihood
+from cvae.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -17,18 +18,19 @@ def test_autoregressive_baseline_is_exact_and_sees_only_earlier_pixels():
     model = BaselineNet(2, hidden=(16,), autoregressive=True)
     torch.nn.init.normal_(model.autoregression.weight, std=0.1)
     x, y = QuadrantTask(2).split(torch.rand(3, 784, generator=torch.Generator().manual_seed(0)))
-    whole = torch.where(model.output_mask, y, x)
-    expected = bernoulli_log_likelihood(model(x) + model.autoregression(whole), y[:, model.output_mask])
+    whole = QuadrantTask(2).combine(x, y)
+    masked = model.autoregression.weight * model.autoregression.mask
+    expected = bernoulli_log_likelihood(model.net(x) + whole @ masked.T, y)
     torch.testing.assert_close(model.log_likelihood(x, y), expected)
-    last = model.output_mask.nonzero()[-1, 0]
+    last = y.shape[1] - 1
     changed = y.clone()
     changed[:, last] = 1 - changed[:, last]  # only the last pixel's own factor may change
     diff = model.log_likelihood(x, changed) - model.log_likelihood(x, y)
-    logit = model(x)[:, -1] + model.autoregression(whole)[:, -1]
+    logit = model.net(x)[:, -1] + model.autoregression(x, y)[:, -1]
     own = (bernoulli_log_likelihood(logit[:, None], changed[:, last, None])
            - bernoulli_log_likelihood(logit[:, None], y[:, last, None]))
     torch.testing.assert_close(diff, own)
-    rebuilt = checkpoints.build_model(checkpoints.model_checkpoint(model))
+    rebuilt = build_model(model.checkpoint())
     torch.testing.assert_close(rebuilt.log_likelihood(x, y), model.log_likelihood(x, y))
     assert CVAE(BaselineNet(2, hidden=(16,)), 3, (16,)).baseline.autoregression is None
 

@@ -20,7 +20,6 @@ import pytest
 import torch
 from conftest import ROOT, TINY, invoke, load_script, unchanged
 
-from cvae import checkpoints
 from cvae.models import CVAE, BaselineNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,7 +64,7 @@ class _Unsafe:
 
 def _model(kind: str, k: int = 2, hidden: tuple[int, ...] = (16, 16), z_dim: int = 4) -> dict:
     baseline = BaselineNet(k, hidden)
-    return checkpoints.model_checkpoint(baseline if kind == "baseline" else CVAE(baseline, z_dim, hidden))
+    return (baseline if kind == "baseline" else CVAE(baseline, z_dim, hidden)).checkpoint()
 
 
 def _missing_key() -> dict:

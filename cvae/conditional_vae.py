@@ -1,0 +1,198 @@
+"""The general conditional VAE of Sohn, Lee, Yan (2015) for any x (N, x_dim) and y (N, y_dim).
+
+    recognition q(z|x,y): a net on combine(x, y)           -> Gaussian (loc, scale) over z
+    prior       p(z|x):   a net on c                        -> Gaussian (loc, scale) over z
+    generation  p(y|x,z): a net on [z, c]                   -> the likelihood's parameters of y
+
+where c = x, or, with a ``baseline`` (the paper's recurrent connection, section 4, figure 1(d)), c =
+combine(x, y_hat) with y_hat = baseline(x) the prediction of a frozen deterministic net. ``combine`` is the
+concatenation [x, y] unless the user gives another module. Every net is an MLP built from ``hidden`` unless the
+user passes their own module, and the likelihood (``cvae.likelihoods``) is any of Bernoulli, Gaussian and
+continuous Bernoulli. The estimators (``cvae.estimators``), the objectives (``cvae.objectives``) and the trainer
+(``cvae.fit``) use only the methods below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from . import checkpoints, likelihoods
+from .distributions import DiagonalGaussian
+from .inputs import check_matrix, check_num_samples
+from .networks import Concatenate, ConcatGeneration, GenerationNet, fill_in_order, gaussian_head, mlp
+from .regressor import Regressor, check_sizes
+
+CUSTOM_MODULES = ("recognition", "prior", "generation", "baseline", "combine", "autoregression")
+
+
+class Context(NamedTuple):
+    """What the model computes once per batch of examples and reuses for every sample of z."""
+
+    condition: torch.Tensor  # (N, condition_dim): c, what the prior and the generation net see of x
+    generation_input: torch.Tensor  # the generation net's prepared c (its first layer's c part)
+    autoregressive: torch.Tensor | None = None  # the autoregressive term given y, when y is known
+
+
+class ConditionalVAE(nn.Module):
+    """A conditional VAE: p(y|x) = integral p(y|x,z) p(z|x) dz, trained with the recognition net q(z|x,y).
+
+    Args:
+        x_dim, y_dim: widths of x and y; z_dim: of the latent z.
+        hidden: hidden widths of the default MLPs.
+        likelihood: p(y|x,z)'s family (``cvae.likelihoods``); Gaussian() with a learned scale by default.
+        recognition: a module (N, combine.out_dim) -> (N, 2 z_dim): loc and raw scale of q(z|x,y).
+        prior: a module (N, condition_dim) -> (N, 2 z_dim): loc and raw scale of p(z|x); condition_dim is x_dim,
+            or combine.out_dim with a baseline. The scales are softplus(raw) + 1e-4.
+        generation: a module (M, z_dim + condition_dim) -> (M, likelihood.num_params * y_dim), applied to rows
+            [z, c] (M = samples x examples).
+        baseline: a trained module x (N, x_dim) -> y_hat (N, y_dim), e.g. a fitted ``Regressor``; frozen here.
+        combine: a module (x, y) -> (N, out_dim) with an ``out_dim`` attribute; concatenation by default.
+        autoregression: a module (x, y) -> a term added to the generation net's output, where the term of y's
+            dimension i may depend on y's dimensions before i only (the quadrant task's strong preset).
+    """
+
+    def __init__(self, x_dim: int, y_dim: int, z_dim: int = 8, hidden: Sequence[int] = (128, 128),
+                 likelihood: likelihoods.Likelihood | None = None, *, recognition: nn.Module | None = None,
+                 prior: nn.Module | None = None, generation: nn.Module | None = None,
+                 baseline: nn.Module | None = None, combine: nn.Module | None = None,
+                 autoregression: nn.Module | None = None):
+        super().__init__()
+        self.x_dim, self.y_dim, self.z_dim, self.hidden = check_sizes(x_dim, y_dim, hidden, z_dim=z_dim)
+        self.likelihood = likelihoods.check_likelihood(likelihood)
+        given = dict(recognition=recognition, prior=prior, generation=generation, baseline=baseline,
+                     combine=combine, autoregression=autoregression)
+        self.custom = sorted(name for name, module in given.items() if module is not None
+                             and not (name == "baseline" and _rebuildable(module)))
+        self.baseline = baseline.requires_grad_(False).eval() if baseline is not None else None
+        self.combine = combine if combine is not None else Concatenate(self.x_dim, self.y_dim)
+        condition_dim = self.combine.out_dim if baseline is not None else self.x_dim
+        num_outputs = self.likelihood.num_params * self.y_dim
+        self.recognition_net = recognition if recognition is not None else mlp(
+            [self.combine.out_dim, *self.hidden, 2 * self.z_dim])
+        self.prior_net = prior if prior is not None else mlp([condition_dim, *self.hidden, 2 * self.z_dim])
+        self.generation_net = (ConcatGeneration(generation) if generation is not None
+                               else GenerationNet(self.z_dim, condition_dim, self.hidden, num_outputs))
+        self.autoregression = autoregression
+
+    def train(self, mode: bool = True) -> ConditionalVAE:
+        super().train(mode)
+        if self.baseline is not None:
+            self.baseline.eval()  # frozen, whatever the mode of the rest
+        return self
+
+    # ---- the three networks -------------------------------------------------------------------------------
+    def context(self, x: torch.Tensor, y_hat: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Context:
+        """Per-example work shared by the prior and every sample of the generation net. x: (N, x_dim).
+
+        y_hat: the baseline's prediction when the caller has it already (the baseline is frozen, so training
+        computes it once per example instead of once per step). y: the targets, when known, for the
+        autoregressive term of log_likelihood (computed there otherwise).
+        """
+        if self.baseline is None:
+            condition = x
+        else:
+            if y_hat is None:
+                with torch.no_grad():
+                    y_hat = self.baseline(x)
+            condition = self.combine(x, y_hat)
+        autoregressive = None if y is None or self.autoregression is None else self.autoregression(x, y)
+        return Context(condition, self.generation_net.prepare(condition), autoregressive)
+
+    def prior(self, x: torch.Tensor, context: Context | None = None) -> DiagonalGaussian:
+        """p(z|x): loc, scale of shape (N, z_dim)."""
+        context = context if context is not None else self.context(x)
+        return gaussian_head(self.prior_net(context.condition))
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor) -> DiagonalGaussian:
+        """q(z|x,y): loc, scale of shape (N, z_dim)."""
+        return gaussian_head(self.recognition_net(self.combine(x, y)))
+
+    def params(self, x: torch.Tensor, z: torch.Tensor, context: Context | None = None) -> torch.Tensor:
+        """The generation net's output g(z, c): z (..., N, z_dim) -> (..., N, num_params * y_dim). Without an
+        autoregressive term these are the parameters of p(y|x,z)."""
+        context = context if context is not None else self.context(x)
+        return self.generation_net(z, context.generation_input)
+
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
+                       context: Context | None = None) -> torch.Tensor:
+        """log p(y|x,z) summed over y's dimensions: z (..., N, z_dim) -> (..., N)."""
+        context = context if context is not None else self.context(x, y=y)
+        params = self.params(x, z, context)
+        if self.autoregression is not None:
+            term = context.autoregressive
+            params = params + (term if term is not None else self.autoregression(x, y))
+        return self.likelihood.log_prob(params, y)
+
+    @torch.no_grad()
+    def sample(self, x: torch.Tensor, num_samples: int = 1, *, generator: torch.Generator | None = None,
+               mean: bool = False) -> torch.Tensor:
+        """Draws of y from p(y|x): z ~ p(z|x), then y ~ p(y|x,z); with ``mean``, E[y|x,z] instead of a draw of y
+        (with an autoregressive term, each dimension's mean given the earlier ones).
+
+        x: (N, x_dim) -> (num_samples, N, y_dim).
+        """
+        check_matrix(x, "x", self.x_dim, "x_dim")
+        check_num_samples(num_samples)
+        context = self.context(x)
+        z = self.prior(x, context).rsample((num_samples,), generator=generator)
+        params = self.params(x, z, context)
+        if self.autoregression is not None:
+            return fill_in_order(params, self.autoregression, x, self.likelihood, self.y_dim, mean, generator)
+        return self.likelihood.mean(params) if mean else self.likelihood.sample(params, generator)
+
+    # ---- saving and loading ---------------------------------------------------------------------------------
+    def config(self) -> dict:
+        """What rebuilds this model: sizes, likelihood, the baseline's config, the names of user modules."""
+        baseline = self.baseline.config() if self.baseline is not None and "baseline" not in self.custom else None
+        return {"x_dim": self.x_dim, "y_dim": self.y_dim, "z_dim": self.z_dim, "hidden": list(self.hidden),
+                "likelihood": self.likelihood.config(), "baseline": baseline, "custom": list(self.custom)}
+
+    def checkpoint(self) -> dict:
+        return {"kind": "conditional_vae", "config": self.config(), "state_dict": self.state_dict()}
+
+    def save(self, path: str | Path) -> None:
+        """Write the config and the weights to ``path`` (atomically); ``ConditionalVAE.load`` reads it back."""
+        checkpoints.save(self.checkpoint(), path)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu", **modules: nn.Module) -> ConditionalVAE:
+        """The model saved at ``path`` (loaded with weights_only=True). A model built with modules of the
+        user's own (recognition=, prior=, ...) needs the same kind of modules passed again: their weights are
+        read from the file."""
+        checkpoint = checkpoints.load(path, map_location)
+        return cls.from_checkpoint(checkpoint, path, **modules)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict, path: str | Path = "<checkpoint>",
+                        **modules: nn.Module) -> ConditionalVAE:
+        if checkpoint.get("kind") != "conditional_vae":
+            raise checkpoints.CheckpointError(f"{path} holds a {checkpoint.get('kind')!r} model, not a "
+                                              "ConditionalVAE saved by ConditionalVAE.save.")
+        config = checkpoint.get("config", {})
+        missing = sorted(set(config.get("custom", [])) - set(modules))
+        unknown = sorted(set(modules) - set(CUSTOM_MODULES))
+        if missing or unknown:
+            raise ValueError(
+                f"{path} holds a model built with modules of the user's own: pass "
+                f"{', '.join(f'{name}=...' for name in missing)} to ConditionalVAE.load, built as when it was saved"
+                if missing else f"ConditionalVAE.load takes modules named {', '.join(CUSTOM_MODULES)}; got {unknown}")
+        try:
+            if config.get("baseline") is not None:
+                modules["baseline"] = Regressor.from_config(config["baseline"])
+            model = cls(config["x_dim"], config["y_dim"], config["z_dim"], config["hidden"],
+                        likelihoods.from_config(config["likelihood"]), **modules)
+            model.load_state_dict(checkpoint["state_dict"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise checkpoints.CheckpointError(
+                f"{path} does not hold a model that can be rebuilt ({checkpoints.describe(error)}).") from None
+        return model
+
+
+def _rebuildable(baseline: nn.Module) -> bool:
+    """A baseline that save/load can rebuild from its config alone: a Regressor of default parts."""
+    return type(baseline) is Regressor and not baseline.custom

@@ -1,0 +1,48 @@
+"""Checks of the tensors users hand to the library: shapes, dtypes, finite values, the likelihood's support.
+
+Each failure is a ValueError that names the argument, says what was found and what was expected.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_matrix(value: object, name: str, columns: int, what: str) -> torch.Tensor:
+    """value must be a floating-point tensor (N, columns) of finite numbers; returned unchanged.
+
+    what: the name of the expected width in messages, e.g. "x_dim".
+    """
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (N, {what}={columns}), got a {type(value).__name__}. "
+                         f"Convert it with torch.as_tensor({name}, dtype=torch.float32).")
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {value.dtype}. "
+                         f"Convert it with {name}.float().")
+    if value.dim() != 2 or value.shape[1] != columns:
+        hint = f" (for one feature per example use {name}.reshape(-1, 1))" if value.dim() == 1 and columns == 1 else ""
+        raise ValueError(f"{name} must have shape (N, {what}={columns}), got {tuple(value.shape)}{hint}.")
+    if value.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(value.shape)}): give at least one example.")
+    finite = torch.isfinite(value)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[0].tolist()
+        raise ValueError(f"{name} holds a non-finite value, {value[bad[0], bad[1]].item()} at row {bad[0]}, column "
+                         f"{bad[1]}: every value must be a finite number.")
+    return value
+
+
+def check_data(model: torch.nn.Module, x: object, y: object, names: tuple[str, str] = ("x", "y")) -> None:
+    """x (N, model.x_dim) and y (N, model.y_dim), finite, with y in the support of model.likelihood."""
+    check_matrix(x, names[0], model.x_dim, "x_dim")
+    check_matrix(y, names[1], model.y_dim, "y_dim")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same number of rows (one per example), got "
+                         f"{x.shape[0]} and {y.shape[0]}.")
+    model.likelihood.check_support(y, names[1])
+
+
+def check_num_samples(num_samples: object) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    return num_samples

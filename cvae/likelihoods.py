@@ -1,0 +1,369 @@
+"""Output likelihoods p(y | params) for a decoder, written by hand: Bernoulli, Gaussian, continuous Bernoulli.
+
+A decoder network outputs ``params`` of shape (..., num_params * D) for a target y of shape (..., D); a
+likelihood interprets them. Every likelihood has the same interface:
+
+- ``num_params``: parameters per output dimension the network must output;
+- ``log_prob(params, y)``: log p(y | params) summed over y's last dimension -> (...);
+- ``mean(params)``: E[y] -> (..., D);
+- ``sample(params, generator)``: a draw (not reparameterized; all randomness from ``generator``) -> (..., D);
+- ``check_support(y, name)``: ValueError naming the argument and the value when y is outside the support;
+- ``config()``: a JSON-able dict that ``from_config`` turns back into the likelihood.
+
+The names follow torch.distributions (``loc``, ``scale``, ``log_prob``, ``mean``), which the tests use as
+the independent reference; nothing here depends on it.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from fractions import Fraction
+from numbers import Real
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .distributions import LOG_2PI, bernoulli_log_likelihood
+
+MIN_SCALE = 1e-4  # keeps every Gaussian scale strictly positive (the constant of the library's Gaussian heads)
+LOG_2 = math.log(2.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The continuous Bernoulli's math (Loaiza-Ganem & Cunningham, NeurIPS 2019)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _even_bernoulli_numbers(count: int) -> list[Fraction]:
+    """B_2, B_4, ..., B_{2 count}, exactly, from the recurrence sum_{k=0}^{m} binom(m+1, k) B_k = 0 (B_0 = 1)."""
+    numbers = [Fraction(1)]
+    for m in range(1, 2 * count + 1):
+        numbers.append(-sum(math.comb(m + 1, k) * numbers[k] for k in range(m)) / (m + 1))
+    return numbers[2::2]
+
+
+_BERNOULLI = _even_bernoulli_numbers(12)
+# log C(l) = log 2 + sum_{n>=1} (2^{2n} - 2) B_{2n} l^{2n} / (2n (2n)!)   (|l| < pi)
+#          = log 2 + l^2/12 - 7 l^4/1440 + 31 l^6/90720 - ...
+_LOG_NORMALIZER_SERIES = [float((4**n - 2) * b / (2 * n * math.factorial(2 * n)))
+                          for n, b in enumerate(_BERNOULLI[:5], start=1)]
+# E[y] = 1/2 + sum_{n>=1} B_{2n} l^{2n-1} / (2n)! = 1/2 + l/12 - l^3/720 + l^5/30240 - ...   (|l| < 2 pi)
+_MEAN_SERIES = [float(b / math.factorial(2 * n)) for n, b in enumerate(_BERNOULLI, start=1)]
+# Below these |l| the series are used: the log normalizer's closed form is 0/0 at l = 0 only (the series,
+# to l^10, is exact to float64 rounding below 0.1); the mean's closed form 1/(1 - e^-l) - 1/l loses about
+# eps / |l| to cancellation, so its series (to l^23, exact to float64 rounding below 1) takes over below 1.
+_LOG_NORMALIZER_TAYLOR_BELOW = 0.1
+_MEAN_TAYLOR_BELOW = 1.0
+_SAMPLE_UNIFORM_BELOW = 1e-12  # |l| below which the inverse CDF is u + l u (1 - u) / 2 (error O(l^2))
+
+
+def _polynomial(t: torch.Tensor, coefficients: list[float]) -> torch.Tensor:
+    """sum_k c_k t^k by Horner's rule: c_0 + t (c_1 + t (c_2 + ...))."""
+    result = torch.full_like(t, coefficients[-1])
+    for c in reversed(coefficients[:-1]):
+        result = result * t + c
+    return result
+
+
+def continuous_bernoulli_log_normalizer(logits: torch.Tensor) -> torch.Tensor:
+    """log C(lambda) of the continuous Bernoulli, elementwise, in terms of the logit l = log(lambda / (1 - lambda)).
+
+    C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda) for lambda != 1/2 and C(1/2) = 2 (Loaiza-Ganem &
+    Cunningham 2019, eq. 7); with 1 - 2 lambda = -tanh(l / 2), C = l / tanh(l / 2), even in l. With a = |l|
+    and tanh(a / 2) = (1 - e^-a) / (1 + e^-a):
+
+        log C = log(a / (1 - e^-a)) + log(1 + e^-a) = log(a / -expm1(-a)) + log1p(e^-a),
+
+    which has no cancellation and no overflow for any a > 0; for a < 0.1 the Taylor series
+    log C = log 2 + l^2/12 - 7 l^4/1440 + 31 l^6/90720 - ... (to l^10) replaces it, so that l = 0 gives
+    log 2 with a finite gradient.
+    """
+    a = logits.abs()
+    small = a < _LOG_NORMALIZER_TAYLOR_BELOW
+    a_safe = torch.where(small, torch.ones_like(a), a)  # keeps the unused branch (and its gradient) finite
+    closed = torch.log(a_safe / -torch.expm1(-a_safe)) + torch.log1p(torch.exp(-a_safe))
+    t = logits.square()
+    series = LOG_2 + t * _polynomial(t, _LOG_NORMALIZER_SERIES)
+    return torch.where(small, series, closed)
+
+
+def continuous_bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
+    """E[y] of the continuous Bernoulli with logit l, elementwise.
+
+    E[y] = lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2 lambda)) (Loaiza-Ganem & Cunningham 2019, appendix)
+    = 1 / (1 - e^-l) - 1 / l, since 2 lambda - 1 = tanh(l / 2) and 2 artanh(1 - 2 lambda) = -l. For |l| < 1
+    the Taylor series E[y] = 1/2 + sum_n B_{2n} l^{2n-1} / (2n)! = 1/2 + l/12 - l^3/720 + ... (B the
+    Bernoulli numbers, to l^23) replaces the closed form, whose two terms cancel near l = 0.
+    """
+    small = logits.abs() < _MEAN_TAYLOR_BELOW
+    l_safe = torch.where(small, torch.ones_like(logits), logits)
+    closed = -1.0 / torch.expm1(-l_safe) - 1.0 / l_safe
+    series = 0.5 + logits * _polynomial(logits.square(), _MEAN_SERIES)
+    return torch.where(small, series, closed)
+
+
+def continuous_bernoulli_icdf(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The continuous Bernoulli's inverse CDF y = F^-1(u) at u in [0, 1], elementwise.
+
+    The CDF is F(y) = (e^{l y} - 1) / (e^l - 1), so F^-1(u) = log1p(u (e^l - 1)) / l. Written as
+    log1p(u expm1(l)) / l it is accurate to rounding for l < 0 (no overflow, no cancellation, even as
+    l -> 0-); for l > 0 the symmetry F_l^-1(u) = 1 - F_{-l}^-1(1 - u) gives 1 - log1p((1 - u) expm1(-l)) / (-l).
+    For |l| < 1e-12 it is u + l u (1 - u) / 2 (the first-order Taylor term; y = u at l = 0). The result is
+    clamped to [0, 1], which also maps the -inf of log1p(-1) (u = 0 at large l > 0) to F^-1(0) = 0.
+    """
+    a = logits.abs()
+    tiny = a < _SAMPLE_UNIFORM_BELOW
+    a_safe = torch.where(tiny, torch.ones_like(a), a)
+    positive = logits > 0
+    v = torch.where(positive, 1.0 - u, u)
+    toward_zero = torch.log1p(v * torch.expm1(-a_safe)) / -a_safe  # F_{-a}^-1(v)
+    exact = torch.where(positive, 1.0 - toward_zero, toward_zero)
+    near_uniform = u + logits * u * (1.0 - u) / 2
+    return torch.where(tiny, near_uniform, exact).clamp(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The likelihoods
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _format_value(value: torch.Tensor) -> str:
+    """A one-element tensor as its shortest round-tripping decimal in its own precision (float32's 0.1 as 0.1)."""
+    if value.is_floating_point() and value.element_size() <= 4:
+        return str(np.float32(value.float().item()))
+    return repr(value.item())
+
+
+class Likelihood(ABC):
+    """An output likelihood p(y | params): params (..., num_params * D) from a network, y (..., D)."""
+
+    name: str  # the name by_name and config use
+    support: str  # in words, for error messages
+
+    @property
+    @abstractmethod
+    def num_params(self) -> int:
+        """Parameters per output dimension that the network must output."""
+
+    @abstractmethod
+    def log_prob(self, params: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p(y | params) summed over y's last dimension: params (..., num_params * D), y broadcastable
+        to (..., D) -> (...)."""
+
+    @abstractmethod
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[y | params] -> (..., D)."""
+
+    @abstractmethod
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A draw y ~ p(y | params) -> (..., D), without gradient; all randomness comes from generator."""
+
+    @abstractmethod
+    def _in_support(self, y: torch.Tensor) -> torch.Tensor:
+        """A boolean mask of the finite entries of y that lie in the support."""
+
+    def config(self) -> dict[str, Any]:
+        """A JSON-able description that from_config turns back into this likelihood."""
+        return {"name": self.name}
+
+    def check_support(self, y: torch.Tensor, name: str = "y") -> None:
+        """Raise ValueError naming the argument and the first offending value if y has a NaN, an inf, or a
+        value outside the support."""
+        finite = torch.isfinite(y)
+        if not bool(finite.all()):
+            value = _format_value(y[~finite].flatten()[0])
+            raise ValueError(f"{name} has a value {value}, which is not finite; the {type(self).__name__} "
+                             f"likelihood needs {self.support}")
+        inside = self._in_support(y)
+        if not bool(inside.all()):
+            value = _format_value(y[~inside].flatten()[0])
+            raise ValueError(f"{name} has a value {value} outside {self.support}, the support of the "
+                             f"{type(self).__name__} likelihood")
+
+    def _event_size(self, params: torch.Tensor) -> int:
+        """D, from params (..., num_params * D)."""
+        if params.dim() == 0 or params.shape[-1] % self.num_params:
+            raise ValueError(f"params {tuple(params.shape)}: the last dimension must be a multiple of "
+                             f"{self.num_params}, the {self!r} likelihood's parameters per output dimension")
+        return params.shape[-1] // self.num_params
+
+    def _check_shapes(self, params: torch.Tensor, y: torch.Tensor) -> None:
+        size = self._event_size(params)
+        if y.dim() == 0 or y.shape[-1] != size:
+            raise ValueError(f"params {tuple(params.shape)} and y {tuple(y.shape)}: {self!r} needs "
+                             f"{self.num_params} parameters per dimension of y, so y's last dimension must be {size}")
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{key}={value!r}" for key, value in self.config().items() if key != "name")
+        return f"{type(self).__name__}({options})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.config() == other.config()
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted(self.config().items()))))
+
+
+class Bernoulli(Likelihood):
+    """Independent Bernoullis with the logits l as params (num_params 1):
+
+        log p(y | l) = sum_i [ y_i l_i - softplus(l_i) ].
+
+    The support is [0, 1]: grayscale targets are allowed (the tutorial's protocol), for which this is the
+    negative binary cross-entropy, a true log-probability only for binary y.
+    """
+
+    name = "bernoulli"
+    support = "[0, 1]"
+
+    @property
+    def num_params(self) -> int:
+        return 1
+
+    def log_prob(self, params: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """sum_i [ y_i l_i - softplus(l_i) ] (distributions.bernoulli_log_likelihood) -> (...)."""
+        self._check_shapes(params, y)
+        return bernoulli_log_likelihood(params, y)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[y] = sigmoid(l)."""
+        self._event_size(params)
+        return torch.sigmoid(params)
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """y_i ~ Bernoulli(sigmoid(l_i)), in {0, 1}."""
+        with torch.no_grad():
+            return torch.bernoulli(torch.sigmoid(params), generator=generator)
+
+    def _in_support(self, y: torch.Tensor) -> torch.Tensor:
+        return (y >= 0) & (y <= 1)
+
+
+class Gaussian(Likelihood):
+    """Independent Normals N(y_i; loc_i, scale_i^2).
+
+    scale=None (the default) learns the scale: num_params 2, params = [loc (D), raw (D)] split with
+    chunk(2, -1), scale = softplus(raw) + MIN_SCALE (the convention of the library's Gaussian heads). A positive
+    float fixes
+    it: num_params 1, params = loc.
+    """
+
+    name = "gaussian"
+    support = "the finite reals"
+
+    def __init__(self, scale: float | None = None):
+        if scale is not None:
+            if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale) or scale <= 0:
+                raise ValueError(f"scale must be a positive finite float or None (learned), not {scale!r}")
+            scale = float(scale)
+        self.scale = scale
+
+    @property
+    def num_params(self) -> int:
+        return 2 if self.scale is None else 1
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "scale": self.scale}
+
+    def loc_scale(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """(loc, scale) from params: chunk(2, -1) and softplus(raw) + MIN_SCALE, or (params, the fixed scale)."""
+        self._event_size(params)
+        if self.scale is not None:
+            return params, self.scale
+        loc, raw = params.chunk(2, dim=-1)
+        return loc, F.softplus(raw) + MIN_SCALE
+
+    def log_prob(self, params: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p = -1/2 sum_i [ ((y_i - mu_i) / sigma_i)^2 + 2 log sigma_i + log 2 pi ] -> (...)."""
+        self._check_shapes(params, y)
+        loc, scale = self.loc_scale(params)
+        log_scale = math.log(scale) if isinstance(scale, float) else scale.log()
+        return -0.5 * (((y - loc) / scale).square() + 2.0 * log_scale + LOG_2PI).sum(-1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[y] = loc."""
+        return self.loc_scale(params)[0]
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """y = loc + scale * eps, eps ~ N(0, I)."""
+        with torch.no_grad():
+            loc, scale = self.loc_scale(params)
+            eps = torch.randn(loc.shape, dtype=loc.dtype, device=loc.device, generator=generator)
+            return loc + scale * eps
+
+    def _in_support(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(y, dtype=torch.bool)  # every finite value
+
+
+class ContinuousBernoulli(Likelihood):
+    """The continuous Bernoulli of Loaiza-Ganem & Cunningham (NeurIPS 2019), the normalized density on [0, 1]
+
+        p(y | lambda) = C(lambda) lambda^y (1 - lambda)^(1 - y),   lambda = sigmoid(l),
+
+    with the logits l as params (num_params 1): log p(y | l) = sum_i [ y_i l_i - softplus(l_i) + log C(l_i) ],
+    log C from continuous_bernoulli_log_normalizer.
+    """
+
+    name = "continuous-bernoulli"
+    support = "[0, 1]"
+
+    @property
+    def num_params(self) -> int:
+        return 1
+
+    def log_prob(self, params: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """sum_i [ y_i l_i - softplus(l_i) + log C(l_i) ] -> (...)."""
+        self._check_shapes(params, y)
+        return bernoulli_log_likelihood(params, y) + continuous_bernoulli_log_normalizer(params).sum(-1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[y] = 1 / (1 - e^-l) - 1 / l (continuous_bernoulli_mean)."""
+        self._event_size(params)
+        return continuous_bernoulli_mean(params)
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """y = F^-1(u), u ~ U[0, 1) (inverse-CDF sampling, continuous_bernoulli_icdf)."""
+        with torch.no_grad():
+            u = torch.rand(params.shape, dtype=params.dtype, device=params.device, generator=generator)
+            return continuous_bernoulli_icdf(params, u)
+
+    def _in_support(self, y: torch.Tensor) -> torch.Tensor:
+        return (y >= 0) & (y <= 1)
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {cls.name: cls for cls in (Bernoulli, Gaussian, ContinuousBernoulli)}
+
+
+def by_name(name: str, **options: Any) -> Likelihood:
+    """The likelihood called name ("bernoulli", "gaussian", "continuous-bernoulli"), built with options."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r}; the choices are {', '.join(map(repr, LIKELIHOODS))}")
+    try:
+        return LIKELIHOODS[name](**options)
+    except TypeError as error:
+        raise ValueError(f"bad options {options!r} for the {name!r} likelihood: {error}") from None
+
+
+def from_config(config: dict[str, Any]) -> Likelihood:
+    """The likelihood that config() described: {"name": ..., **options}."""
+    if not isinstance(config, dict) or "name" not in config:
+        raise ValueError(f"a likelihood config is a dict with a 'name', not {config!r}")
+    options = {key: value for key, value in config.items() if key != "name"}
+    return by_name(config["name"], **options)
+
+
+PIXEL_LIKELIHOODS = ("bernoulli", "continuous-bernoulli")  # the likelihoods for pixels in [0, 1] (train.py)
+
+
+def check_likelihood(likelihood: object) -> Likelihood:
+    """likelihood itself when it is a Likelihood, Gaussian() (learned scale) for None; else a ValueError."""
+    if likelihood is None:
+        return Gaussian()
+    if not isinstance(likelihood, Likelihood):
+        names = ", ".join(cls.__name__ for cls in LIKELIHOODS.values())
+        raise ValueError(f"likelihood must be one of cvae.likelihoods' classes ({names}), e.g. "
+                         f"likelihoods.Gaussian(); got {likelihood!r}")
+    return likelihood

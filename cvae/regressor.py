@@ -1,0 +1,82 @@
+"""The deterministic baseline of the paper (its "NN"), for any x and y: one network predicts the parameters of
+y's likelihood from x, and its conditional log-likelihood is exact,
+
+    log p(y|x) = log p(y | f(x))   (a product over y's dimensions, e.g. Bernoulli, Gaussian),
+
+with an optional autoregressive term added to f(x) (then each factor is conditioned on the earlier dimensions
+of y, and the product is still normalized). Its prediction y_hat = E[y|x] feeds the CVAE's prior and generation
+nets (the recurrent connection of section 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from . import likelihoods
+from .networks import fill_in_order, mlp
+
+
+def check_sizes(x_dim: object, y_dim: object, hidden: object, **more: object) -> tuple:
+    """Positive integer widths and a non-empty sequence of positive hidden widths, returned as ints and a tuple."""
+    sizes = {"x_dim": x_dim, "y_dim": y_dim, **more}
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if (isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden
+            or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden)):
+        raise ValueError(f"hidden must be a non-empty sequence of positive integers (hidden layer widths), "
+                         f"e.g. (64, 64); got {hidden!r}")
+    return (*sizes.values(), tuple(hidden))
+
+
+class Regressor(nn.Module):
+    """p(y|x) = likelihood(y; f(x)) with f an MLP (or the user's ``net``, (N, x_dim) -> (N, num_params * y_dim)).
+
+    forward(x) is the prediction y_hat = E[y|x] (N, y_dim); log_likelihood(x, y) the exact log p(y|x) (N,).
+    """
+
+    def __init__(self, x_dim: int, y_dim: int, hidden: Sequence[int] = (128, 128),
+                 likelihood: likelihoods.Likelihood | None = None, *, net: nn.Module | None = None,
+                 autoregression: nn.Module | None = None):
+        super().__init__()
+        self.x_dim, self.y_dim, self.hidden = check_sizes(x_dim, y_dim, hidden)
+        self.likelihood = likelihoods.check_likelihood(likelihood)
+        self.custom = sorted(name for name, module in (("net", net), ("autoregression", autoregression))
+                             if module is not None)
+        self.net = net if net is not None else mlp([self.x_dim, *self.hidden, self.likelihood.num_params * self.y_dim])
+        self.autoregression = autoregression
+
+    def params(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The likelihood's parameters: f(x), plus the autoregressive term of y when there is one."""
+        params = self.net(x)
+        if self.autoregression is not None:
+            params = params + self.autoregression(x, y)
+        return params
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The prediction y_hat = E[y|x]: (N, x_dim) -> (N, y_dim) (with an autoregressive term, each dimension's
+        mean given the means of the earlier ones)."""
+        if self.autoregression is None:
+            return self.likelihood.mean(self.net(x))
+        return fill_in_order(self.net(x), self.autoregression, x, self.likelihood, self.y_dim, mean=True)
+
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Exact log p(y|x) summed over y's dimensions: x (N, x_dim), y (N, y_dim) -> (N,)."""
+        return self.likelihood.log_prob(self.params(x, y), y)
+
+    def config(self) -> dict:
+        return {"x_dim": self.x_dim, "y_dim": self.y_dim, "hidden": list(self.hidden),
+                "likelihood": self.likelihood.config(), "custom": list(self.custom)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Regressor:
+        if config.get("custom"):
+            raise ValueError(f"a Regressor with modules of the user's own ({config['custom']}) cannot be rebuilt "
+                             "from its config alone")
+        return cls(config["x_dim"], config["y_dim"], config["hidden"], likelihoods.from_config(config["likelihood"]))
+
+    def checkpoint(self) -> dict:
+        return {"kind": "regressor", "config": self.config(), "state_dict": self.state_dict()}

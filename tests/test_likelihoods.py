@@ -1,0 +1,401 @@
+"""The output likelihoods against independent references: torch.distributions, float64 closed forms,
+numerical quadrature (scipy), and Kolmogorov-Smirnov tests of the samplers."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.stats
+import torch
+import torch.nn.functional as F
+from torch import distributions as td
+
+from cvae import likelihoods
+from cvae.likelihoods import (
+    Bernoulli,
+    ContinuousBernoulli,
+    Gaussian,
+    by_name,
+    continuous_bernoulli_icdf,
+    continuous_bernoulli_log_normalizer,
+    continuous_bernoulli_mean,
+    from_config,
+)
+
+S, N, D = 3, 4, 5
+DTYPES = [torch.float64, torch.float32]
+ALL = [Bernoulli(), Gaussian(), Gaussian(scale=0.3), ContinuousBernoulli()]
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def tolerances(dtype: torch.dtype) -> dict:
+    return {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
+
+
+def random_params(k: int, dtype: torch.dtype, seed: int = 0, scale: float = 3.0) -> torch.Tensor:
+    """(S, N, k D) network outputs, to be broadcast against a y of (N, D)."""
+    return (torch.randn(S, N, k * D, generator=gen(seed), dtype=torch.float64) * scale).to(dtype)
+
+
+def log_c_reference(logits: torch.Tensor) -> torch.Tensor:
+    """log C(l) = log(l / tanh(l / 2)) in float64 (log 2 at l = 0): the closed form, no series."""
+    l64 = logits.double()
+    safe = torch.where(l64 == 0, torch.ones_like(l64), l64)
+    return torch.where(l64 == 0, torch.full_like(l64, math.log(2.0)), torch.log(safe / torch.tanh(safe / 2)))
+
+
+def density(logit: float):
+    """p(y | l) of the continuous Bernoulli as a float -> float function, in float64."""
+    params = torch.tensor([logit], dtype=torch.float64)
+    return lambda y: math.exp(ContinuousBernoulli().log_prob(params, torch.tensor([y], dtype=torch.float64)))
+
+
+def continuous_bernoulli_cdf(logit: float):
+    """F(y) = expm1(l y) / expm1(l) (y at l = 0), in float64 numpy."""
+    if logit == 0:
+        return lambda y: np.clip(y, 0, 1)
+    return lambda y: np.expm1(logit * np.clip(y, 0, 1)) / np.expm1(logit)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# log_prob against torch.distributions, with broadcasting (S, N, k D) against (N, D)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bernoulli_log_prob_matches_torch_distributions(dtype):
+    logits = random_params(1, dtype)
+    y = torch.bernoulli(torch.full((N, D), 0.5, dtype=dtype), generator=gen(1))
+    expected = td.Bernoulli(logits=logits.double()).log_prob(y.double()).sum(-1)
+    got = Bernoulli().log_prob(logits, y)
+    assert got.shape == (S, N) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, **tolerances(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gaussian_learned_scale_log_prob_matches_normal(dtype):
+    likelihood = Gaussian()
+    assert likelihood.num_params == 2
+    params = random_params(2, dtype)
+    y = torch.randn(N, D, generator=gen(1), dtype=dtype) * 3
+    loc, raw = params.double()[..., :D], params.double()[..., D:]
+    expected = td.Normal(loc, F.softplus(raw) + 1e-4).log_prob(y.double()).sum(-1)
+    got = likelihood.log_prob(params, y)
+    assert got.shape == (S, N) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, **tolerances(dtype))
+    loc_out, scale_out = likelihood.loc_scale(params)
+    torch.testing.assert_close(loc_out, params[..., :D])
+    torch.testing.assert_close(scale_out, F.softplus(params[..., D:]) + 1e-4)
+
+
+def test_gaussian_min_scale():
+    assert likelihoods.MIN_SCALE == 1e-4  # the constant of the library's Gaussian heads
+    # a very negative raw output still gives a positive scale of MIN_SCALE
+    params = torch.tensor([[0.0, -200.0]], dtype=torch.float64)
+    assert Gaussian().loc_scale(params)[1].item() == pytest.approx(1e-4)
+    assert torch.isfinite(Gaussian().log_prob(params, torch.tensor([[1e-3]], dtype=torch.float64))).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gaussian_fixed_scale_log_prob_matches_normal(dtype):
+    likelihood = Gaussian(scale=0.3)
+    assert likelihood.num_params == 1
+    loc = random_params(1, dtype)
+    y = torch.randn(N, D, generator=gen(1), dtype=dtype)
+    expected = td.Normal(loc.double(), 0.3).log_prob(y.double()).sum(-1)
+    got = likelihood.log_prob(loc, y)
+    assert got.shape == (S, N) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, **tolerances(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_continuous_bernoulli_log_prob_matches_torch_distributions(dtype):
+    logits = random_params(1, dtype, scale=4.0)
+    logits[0, 0, :3] = torch.tensor([0.0, 0.05, -0.2], dtype=dtype)  # the series region as well
+    y = torch.rand(N, D, generator=gen(1), dtype=dtype)
+    expected = td.ContinuousBernoulli(logits=logits.double()).log_prob(y.double()).sum(-1)
+    got = ContinuousBernoulli().log_prob(logits, y)
+    assert got.shape == (S, N) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, rtol=1e-9 if dtype == torch.float64 else 2e-5, atol=1e-9
+                               if dtype == torch.float64 else 2e-5)
+
+
+def test_log_prob_rejects_mismatched_shapes():
+    y = torch.zeros(N, D)
+    with pytest.raises(ValueError, match="y's last dimension must be 6"):
+        Bernoulli().log_prob(torch.zeros(N, D + 1), y)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        Gaussian().log_prob(torch.zeros(N, 2 * D + 1), y)
+    with pytest.raises(ValueError, match=r"Gaussian\(scale=None\) needs 2 parameters per dimension of y"):
+        Gaussian().log_prob(torch.zeros(N, D + 1), y)  # a learned scale needs 2 D outputs
+    with pytest.raises(ValueError, match="multiple of 2"):
+        Gaussian().mean(torch.zeros(N, 3))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The continuous Bernoulli's normalizer, mean and sampler
+# ---------------------------------------------------------------------------------------------------------
+
+NEAR_AND_FAR = [0.0, 1e-6, -1e-6, 1e-3, -1e-3, 0.0999, 0.1, -0.1, 0.1001, 0.5, 1.0, -1.0, 20.0, -20.0, 80.0, -80.0]
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 3e-7), (torch.float64, 1e-14)])
+def test_log_normalizer_near_zero_and_far_from_it(dtype, rtol):
+    sweep = torch.logspace(-2, 2, 401, dtype=torch.float64)  # through the switch to the closed form at 0.1
+    logits = torch.cat([torch.tensor(NEAR_AND_FAR, dtype=torch.float64), sweep, -sweep]).to(dtype)
+    got = continuous_bernoulli_log_normalizer(logits)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), log_c_reference(logits), rtol=rtol, atol=0)
+    assert got[0].item() == pytest.approx(math.log(2.0), rel=1e-7)  # C(1/2) = 2
+
+
+def test_log_normalizer_is_the_papers_closed_form_in_lambda():
+    """C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda) (Loaiza-Ganem & Cunningham 2019, eq. 7)."""
+    logits = torch.tensor([-7.0, -2.0, -0.6, 0.4, 1.5, 6.0], dtype=torch.float64)
+    lam = torch.sigmoid(logits)
+    expected = torch.log(2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam))
+    torch.testing.assert_close(continuous_bernoulli_log_normalizer(logits), expected, rtol=1e-12, atol=0)
+
+
+def test_log_prob_gradient_at_zero_logit():
+    """d/dl [y l - softplus(l) + log C(l)] = y - sigmoid(l) + d log C / dl = y - 1/2 at l = 0 (log C is even)."""
+    logits = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([[0.0, 0.3, 1.0]], dtype=torch.float64)
+    ContinuousBernoulli().log_prob(logits, y).sum().backward()
+    torch.testing.assert_close(logits.grad, y - 0.5)
+
+
+@pytest.mark.parametrize("logit", [0.0, 1e-4, -1e-4, 0.7, -2.0, 30.0, -30.0])
+def test_density_integrates_to_one(logit):
+    total, _ = scipy.integrate.quad(density(logit), 0.0, 1.0, epsabs=1e-13, epsrel=1e-12)
+    assert total == pytest.approx(1.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("logit", [0.0, 1e-4, -1e-4, 0.3, 0.9999, 1.0001, -1.0001, 3.0, -6.0, 30.0])
+def test_mean_matches_quadrature(logit):
+    p = density(logit)
+    expected, _ = scipy.integrate.quad(lambda y: y * p(y), 0.0, 1.0, epsabs=1e-13, epsrel=1e-12)
+    got = ContinuousBernoulli().mean(torch.tensor([logit], dtype=torch.float64)).item()
+    assert got == pytest.approx(expected, abs=1e-10)
+
+
+def test_mean_matches_torch_distributions_away_from_zero():
+    # (not beyond |l| ~ 30: there torch's 2 artanh(1 - 2 lambda) rounds to inf and its mean to lambda)
+    logits = torch.tensor([-12.0, -5.0, -1.5, -0.5, 0.5, 1.2, 4.0, 12.0], dtype=torch.float64)
+    expected = td.ContinuousBernoulli(logits=logits).mean
+    torch.testing.assert_close(ContinuousBernoulli().mean(logits), expected, rtol=1e-12, atol=0)
+
+
+def test_mean_in_float32_near_zero_and_far_from_it():
+    logits = torch.tensor(NEAR_AND_FAR + [0.9999, 1.0001, -0.9999, 300.0, -300.0], dtype=torch.float32)
+    got = continuous_bernoulli_mean(logits)
+    l64 = logits.double()
+    # the float64 closed form, trusted away from 0, and its Taylor series 1/2 + l/12 - l^3/720 below 1e-2
+    closed = -1 / torch.expm1(-l64) - 1 / l64
+    series = 0.5 + l64 / 12 - l64**3 / 720
+    expected = torch.where(l64.abs() < 1e-2, series, closed)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=3e-7, atol=0)
+    # continuous across the switch to the series, in float64
+    one = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    below = continuous_bernoulli_mean(torch.nextafter(one, torch.zeros_like(one)))  # the series
+    torch.testing.assert_close(below, continuous_bernoulli_mean(one), rtol=4e-16, atol=0)
+
+
+SAMPLE_LOGITS = [0.0, 1e-5, -0.7, 2.5, -8.0]
+
+
+def test_samples_have_the_right_mean_and_distribution():
+    n = 20_000
+    logits = torch.tensor(SAMPLE_LOGITS, dtype=torch.float64).expand(n, -1)
+    likelihood = ContinuousBernoulli()
+    samples = likelihood.sample(logits, generator=gen(7))
+    assert samples.shape == (n, len(SAMPLE_LOGITS)) and samples.dtype == torch.float64
+    assert ((samples >= 0) & (samples <= 1)).all()
+    means = likelihood.mean(logits[0])
+    for j, logit in enumerate(SAMPLE_LOGITS):
+        column = samples[:, j]
+        assert abs(column.mean() - means[j]) < 4 * column.std() / math.sqrt(n), logit
+        assert scipy.stats.kstest(column.numpy(), continuous_bernoulli_cdf(logit)).pvalue > 1e-3, logit
+
+
+@pytest.mark.parametrize("likelihood", ALL, ids=repr)
+def test_samples_are_reproducible_and_use_only_the_generator(likelihood):
+    params = torch.randn(100, 3 * likelihood.num_params, generator=gen(0))
+    global_state = torch.get_rng_state()
+    first = likelihood.sample(params, generator=gen(3))
+    assert first.shape == (100, 3)
+    torch.testing.assert_close(likelihood.sample(params, generator=gen(3)), first)
+    assert not torch.equal(likelihood.sample(params, generator=gen(4)), first)
+    assert torch.equal(torch.get_rng_state(), global_state)  # the global generator was not drawn from
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_samples_stay_in_the_support_at_extreme_logits(dtype):
+    logits = torch.tensor([0.0, 1e-30, -1e-30, 1e-7, 100.0, -100.0, 1e4, -1e4], dtype=dtype).expand(5000, -1)
+    samples = ContinuousBernoulli().sample(logits, generator=gen(5))
+    assert torch.isfinite(samples).all() and ((samples >= 0) & (samples <= 1)).all()
+    # at |l| = 1e4 the mass is within about 1e-4 * log(1/u) of the end
+    assert samples[:, 6].min() > 0.99 and samples[:, 7].max() < 0.01
+    # F^-1(0) = 0 at every l, also where u = 0 meets expm1(-l) = -1 in log1p
+    ends = continuous_bernoulli_icdf(logits[0], torch.zeros_like(logits[0]))
+    assert torch.equal(ends, torch.zeros_like(ends))
+
+
+def test_icdf_inverts_the_cdf():
+    u = torch.tensor([0.0, 0.1, 0.5, 0.9, 1 - 2**-40], dtype=torch.float64)
+    for logit in [-20.0, -1.0, -1e-8, 1e-8, 0.4, 15.0]:
+        y = continuous_bernoulli_icdf(torch.full_like(u, logit), u)
+        cdf = torch.from_numpy(continuous_bernoulli_cdf(logit)(y.numpy()))
+        torch.testing.assert_close(cdf, u, rtol=1e-9, atol=1e-12)
+    # below |l| = 1e-12, u + l u (1 - u) / 2: within float64 rounding of the exact log1p(u expm1(l)) / l
+    for logit in [-1e-13, 1e-13]:
+        y = continuous_bernoulli_icdf(torch.full_like(u, logit), u)
+        torch.testing.assert_close(y, torch.log1p(u * math.expm1(logit)) / logit, rtol=1e-15, atol=1e-16)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Means and samples of Bernoulli and Gaussian
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_bernoulli_mean_and_samples():
+    logits = torch.tensor([-2.0, 0.0, 1.0, 4.0]).expand(20_000, -1)
+    likelihood = Bernoulli()
+    torch.testing.assert_close(likelihood.mean(logits[0]), torch.sigmoid(logits[0]))
+    samples = likelihood.sample(logits, generator=gen(0))
+    assert samples.shape == logits.shape
+    assert set(samples.unique().tolist()) <= {0.0, 1.0}
+    p = torch.sigmoid(logits[0])
+    frequency = samples.mean(0)
+    assert (frequency - p).abs().max() < 4 * (p * (1 - p) / 20_000).sqrt().max()
+
+
+@pytest.mark.parametrize("likelihood", [Gaussian(), Gaussian(scale=0.3)], ids=repr)
+def test_gaussian_mean_and_samples(likelihood):
+    n = 20_000
+    loc = torch.tensor([-3.0, 0.0, 2.0], dtype=torch.float64)
+    if likelihood.scale is None:
+        scale = torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64)
+        raw = torch.log(torch.expm1(scale - 1e-4))  # softplus^-1(scale - MIN_SCALE)
+        params = torch.cat([loc, raw]).expand(n, -1)
+    else:
+        scale = torch.full_like(loc, 0.3)
+        params = loc.expand(n, -1)
+    torch.testing.assert_close(likelihood.mean(params[0]), loc)
+    samples = likelihood.sample(params, generator=gen(2))
+    assert samples.shape == (n, 3)
+    assert ((samples.mean(0) - loc).abs() < 4 * scale / math.sqrt(n)).all()
+    torch.testing.assert_close(samples.std(0), scale, rtol=0.03, atol=0)
+
+
+@pytest.mark.parametrize("scale", [0, 0.0, -1.0, float("nan"), float("inf"), "0.1", True, [0.1]])
+def test_gaussian_rejects_bad_scales(scale):
+    with pytest.raises(ValueError, match="scale must be a positive finite float"):
+        Gaussian(scale=scale)
+
+
+def test_gaussian_accepts_an_int_scale_as_a_float():
+    assert Gaussian(scale=2).scale == 2.0 and isinstance(Gaussian(scale=2).scale, float)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# check_support
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("likelihood", [Bernoulli(), ContinuousBernoulli()], ids=repr)
+@pytest.mark.parametrize("value", [1.5, -0.1])
+def test_check_support_rejects_values_outside_the_unit_interval(likelihood, value):
+    y = torch.tensor([[0.2, value, 0.7]])
+    with pytest.raises(ValueError, match=rf"targets has a value {value} outside \[0, 1\], the support of the "
+                                         rf"{type(likelihood).__name__} likelihood"):
+        likelihood.check_support(y, name="targets")
+
+
+@pytest.mark.parametrize("likelihood", ALL, ids=repr)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_check_support_rejects_non_finite_values(likelihood, value):
+    y = torch.tensor([0.5, value])
+    with pytest.raises(ValueError, match=rf"y has a value {value}, which is not finite"):
+        likelihood.check_support(y)
+
+
+def test_check_support_accepts_values_in_the_support():
+    Bernoulli().check_support(torch.tensor([0.0, 0.3, 1.0]))  # grayscale targets are allowed
+    ContinuousBernoulli().check_support(torch.tensor([0.0, 0.3, 1.0]))
+    Gaussian().check_support(torch.tensor([-5.0, 0.0, 1e6]))
+    Gaussian(scale=1.0).check_support(torch.tensor([-5.0]))
+    Bernoulli().check_support(torch.tensor([True, False]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# config, by_name, repr
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("likelihood", ALL, ids=repr)
+def test_config_round_trip_through_json(likelihood):
+    config = json.loads(json.dumps(likelihood.config()))
+    rebuilt = from_config(config)
+    assert rebuilt == likelihood and type(rebuilt) is type(likelihood)
+    assert rebuilt.num_params == likelihood.num_params and repr(rebuilt) == repr(likelihood)
+
+
+def test_configs_and_reprs():
+    assert Gaussian().config() == {"name": "gaussian", "scale": None}
+    assert Gaussian(scale=0.1).config() == {"name": "gaussian", "scale": 0.1}
+    assert Bernoulli().config() == {"name": "bernoulli"}
+    assert ContinuousBernoulli().config() == {"name": "continuous-bernoulli"}
+    assert repr(Gaussian(scale=0.1)) == "Gaussian(scale=0.1)"
+    assert repr(Gaussian()) == "Gaussian(scale=None)"
+    assert repr(Bernoulli()) == "Bernoulli()" and repr(ContinuousBernoulli()) == "ContinuousBernoulli()"
+    assert Gaussian(scale=0.1) != Gaussian() and Bernoulli() != ContinuousBernoulli()
+
+
+def test_by_name():
+    assert by_name("bernoulli") == Bernoulli()
+    assert by_name("gaussian") == Gaussian()
+    assert by_name("gaussian", scale=0.5) == Gaussian(scale=0.5)
+    assert by_name("continuous-bernoulli") == ContinuousBernoulli()
+
+
+def test_unknown_names_and_bad_configs_are_rejected():
+    with pytest.raises(ValueError, match="unknown likelihood 'poisson'; the choices are 'bernoulli', 'gaussian', "
+                                         "'continuous-bernoulli'"):
+        by_name("poisson")
+    with pytest.raises(ValueError, match="unknown likelihood"):
+        from_config({"name": "laplace"})
+    with pytest.raises(ValueError, match="a dict with a 'name'"):
+        from_config({"scale": 0.1})
+    with pytest.raises(ValueError, match="bad options"):
+        from_config({"name": "bernoulli", "scale": 0.1})
+    with pytest.raises(ValueError, match="scale must be"):
+        from_config({"name": "gaussian", "scale": -1})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gradients
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("likelihood", ALL, ids=repr)
+def test_log_prob_gradients_flow_to_params(likelihood):
+    k = likelihood.num_params
+    params = torch.randn(2, 2, k * 3, generator=gen(0), dtype=torch.float64) * 2
+    if isinstance(likelihood, ContinuousBernoulli):
+        params[0, 0] = torch.tensor([0.03, -0.5, 25.0], dtype=torch.float64)  # series, closed form, large
+    params.requires_grad_(True)
+    if isinstance(likelihood, Gaussian):
+        y = torch.randn(2, 3, generator=gen(1), dtype=torch.float64)
+    elif isinstance(likelihood, Bernoulli):
+        y = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    else:
+        y = torch.rand(2, 3, generator=gen(1), dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda p: likelihood.log_prob(p, y), (params,))
+    assert not likelihood.sample(params, generator=gen(2)).requires_grad
