@@ -139,7 +139,7 @@ def main() -> None:
         "test_images": args.test_subset,
         "repeats": args.repeats,
         "model": str(args.run_dir) if args.run_dir else "untrained, default sizes (MLPs 500-500, z 200)",
-        "chunking": {"max_rows": args.max_rows or estimators.MAX_ROWS, "image_block": estimators.IMAGE_BLOCK,
+        "chunking": {"max_rows": args.max_rows or estimators.MAX_ROWS, "example_block": estimators.EXAMPLE_BLOCK,
                      "max_rows_overridden": args.max_rows is not None},
         "results": results,
     }, indent=2))

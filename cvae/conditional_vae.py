@@ -1,8 +1,8 @@
 """The general conditional VAE of Sohn, Lee, Yan (2015) for any x (N, x_dim) and y (N, y_dim).
 
-    recognition q(z|x,y): a net on combine(x, y)           -> Gaussian (loc, scale) over z
-    prior       p(z|x):   a net on c                        -> Gaussian (loc, scale) over z
-    generation  p(y|x,z): a net on [z, c]                   -> the likelihood's parameters of y
+    recognition q(z|x,y): a net on combine(x, y)  -> Gaussian (loc, scale) over z
+    prior       p(z|x):   a net on c               -> a mixture of K Gaussians over z (K = 1: one Gaussian)
+    generation  p(y|x,z): a net on [z, c]          -> the likelihood's parameters of y
 
 where c = x, or, with a ``baseline`` (the paper's recurrent connection, section 4, figure 1(d)), c =
 combine(x, y_hat) with y_hat = baseline(x) the prediction of a frozen deterministic net. ``combine`` is the
@@ -10,6 +10,11 @@ concatenation [x, y] unless the user gives another module. Every net is an MLP b
 user passes their own module, and the likelihood (``cvae.likelihoods``) is any of Bernoulli, Gaussian and
 continuous Bernoulli. The estimators (``cvae.estimators``), the objectives (``cvae.objectives``) and the trainer
 (``cvae.fit``) use only the methods below.
+
+The prior is a mixture of ``prior_components`` Gaussians (8 by default; the paper's is one Gaussian): where y has
+several separate answers for one x, each can take a component, and the decoder need not spread a Gaussian's mass
+across the gaps between them (see examples/multimodal_regression.py, where a one-Gaussian prior stays far above
+the true likelihood). The KL term of the ELBO is then estimated by Monte Carlo (``cvae.objectives.elbo``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from torch import nn
 
 from . import checkpoints, likelihoods
-from .distributions import DiagonalGaussian
+from .distributions import DiagonalGaussian, GaussianMixture
 from .inputs import check_matrix, check_num_samples
 from .networks import Concatenate, ConcatGeneration, GenerationNet, fill_in_order, gaussian_head, mlp
 from .regressor import Regressor, check_sizes
@@ -46,8 +51,11 @@ class ConditionalVAE(nn.Module):
         hidden: hidden widths of the default MLPs.
         likelihood: p(y|x,z)'s family (``cvae.likelihoods``); Gaussian() with a learned scale by default.
         recognition: a module (N, combine.out_dim) -> (N, 2 z_dim): loc and raw scale of q(z|x,y).
-        prior: a module (N, condition_dim) -> (N, 2 z_dim): loc and raw scale of p(z|x); condition_dim is x_dim,
-            or combine.out_dim with a baseline. The scales are softplus(raw) + 1e-4.
+        prior: a module (N, condition_dim) -> (N, 2 z_dim): loc and raw scale of p(z|x) (with K > 1 components:
+            (N, K + 2 K z_dim), the K mixture logits, then loc and raw scale of each component); condition_dim is
+            x_dim, or combine.out_dim with a baseline. The scales are softplus(raw) + 1e-4.
+        prior_components: K, the number of Gaussians in the mixture p(z|x); by default 8 with the default prior
+            net and 1 with a prior module of the user's own.
         generation: a module (M, z_dim + condition_dim) -> (M, likelihood.num_params * y_dim), applied to rows
             [z, c] (M = samples x examples).
         baseline: a trained module x (N, x_dim) -> y_hat (N, y_dim), e.g. a fitted ``Regressor``; frozen here.
@@ -60,9 +68,12 @@ class ConditionalVAE(nn.Module):
                  likelihood: likelihoods.Likelihood | None = None, *, recognition: nn.Module | None = None,
                  prior: nn.Module | None = None, generation: nn.Module | None = None,
                  baseline: nn.Module | None = None, combine: nn.Module | None = None,
-                 autoregression: nn.Module | None = None):
+                 autoregression: nn.Module | None = None, prior_components: int | None = None):
         super().__init__()
-        self.x_dim, self.y_dim, self.z_dim, self.hidden = check_sizes(x_dim, y_dim, hidden, z_dim=z_dim)
+        if prior_components is None:
+            prior_components = 8 if prior is None else 1
+        self.x_dim, self.y_dim, self.z_dim, self.prior_components, self.hidden = check_sizes(
+            x_dim, y_dim, hidden, z_dim=z_dim, prior_components=prior_components)
         self.likelihood = likelihoods.check_likelihood(likelihood)
         given = dict(recognition=recognition, prior=prior, generation=generation, baseline=baseline,
                      combine=combine, autoregression=autoregression)
@@ -74,7 +85,8 @@ class ConditionalVAE(nn.Module):
         num_outputs = self.likelihood.num_params * self.y_dim
         self.recognition_net = recognition if recognition is not None else mlp(
             [self.combine.out_dim, *self.hidden, 2 * self.z_dim])
-        self.prior_net = prior if prior is not None else mlp([condition_dim, *self.hidden, 2 * self.z_dim])
+        prior_outputs = 2 * self.z_dim if self.prior_components == 1 else self.prior_components * (1 + 2 * self.z_dim)
+        self.prior_net = prior if prior is not None else mlp([condition_dim, *self.hidden, prior_outputs])
         self.generation_net = (ConcatGeneration(generation) if generation is not None
                                else GenerationNet(self.z_dim, condition_dim, self.hidden, num_outputs))
         self.autoregression = autoregression
@@ -103,10 +115,16 @@ class ConditionalVAE(nn.Module):
         autoregressive = None if y is None or self.autoregression is None else self.autoregression(x, y)
         return Context(condition, self.generation_net.prepare(condition), autoregressive)
 
-    def prior(self, x: torch.Tensor, context: Context | None = None) -> DiagonalGaussian:
-        """p(z|x): loc, scale of shape (N, z_dim)."""
+    def prior(self, x: torch.Tensor, context: Context | None = None) -> DiagonalGaussian | GaussianMixture:
+        """p(z|x): a Gaussian with loc, scale (N, z_dim), or a mixture with logits (N, K) and loc, scale
+        (N, K, z_dim)."""
         context = context if context is not None else self.context(x)
-        return gaussian_head(self.prior_net(context.condition))
+        out = self.prior_net(context.condition)
+        if self.prior_components == 1:
+            return gaussian_head(out)
+        k = self.prior_components
+        components = gaussian_head(out[..., k:].unflatten(-1, (k, 2 * self.z_dim)))
+        return GaussianMixture(out[..., :k], components.loc, components.scale)
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor) -> DiagonalGaussian:
         """q(z|x,y): loc, scale of shape (N, z_dim)."""
@@ -136,7 +154,7 @@ class ConditionalVAE(nn.Module):
 
         x: (N, x_dim) -> (num_samples, N, y_dim).
         """
-        check_matrix(x, "x", self.x_dim, "x_dim")
+        check_matrix(x, "x", self.x_dim, "x_dim", next(self.parameters()).dtype)
         check_num_samples(num_samples)
         context = self.context(x)
         z = self.prior(x, context).rsample((num_samples,), generator=generator)
@@ -150,7 +168,8 @@ class ConditionalVAE(nn.Module):
         """What rebuilds this model: sizes, likelihood, the baseline's config, the names of user modules."""
         baseline = self.baseline.config() if self.baseline is not None and "baseline" not in self.custom else None
         return {"x_dim": self.x_dim, "y_dim": self.y_dim, "z_dim": self.z_dim, "hidden": list(self.hidden),
-                "likelihood": self.likelihood.config(), "baseline": baseline, "custom": list(self.custom)}
+                "prior_components": self.prior_components, "likelihood": self.likelihood.config(),
+                "baseline": baseline, "custom": list(self.custom)}
 
     def checkpoint(self) -> dict:
         return {"kind": "conditional_vae", "config": self.config(), "state_dict": self.state_dict()}
@@ -185,12 +204,18 @@ class ConditionalVAE(nn.Module):
             if config.get("baseline") is not None:
                 modules["baseline"] = Regressor.from_config(config["baseline"])
             model = cls(config["x_dim"], config["y_dim"], config["z_dim"], config["hidden"],
-                        likelihoods.from_config(config["likelihood"]), **modules)
-            model.load_state_dict(checkpoint["state_dict"])
+                        likelihoods.from_config(config["likelihood"]), prior_components=config["prior_components"],
+                        **modules)
+            model.to(_floating_dtype(checkpoint["state_dict"])).load_state_dict(checkpoint["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise checkpoints.CheckpointError(
                 f"{path} does not hold a model that can be rebuilt ({checkpoints.describe(error)}).") from None
         return model
+
+
+def _floating_dtype(state_dict: dict) -> torch.dtype:
+    """The dtype of a state dict's floating-point tensors (a model saved in float64 loads in float64)."""
+    return next((value.dtype for value in state_dict.values() if value.is_floating_point()), torch.float32)
 
 
 def _rebuildable(baseline: nn.Module) -> bool:

@@ -71,3 +71,41 @@ def bernoulli_log_likelihood(logits: torch.Tensor, targets: torch.Tensor) -> tor
     logits: (..., P), targets broadcastable to it -> (...).
     """
     return (targets * logits - F.softplus(logits)).sum(-1)
+
+
+class GaussianMixture:
+    """sum_k w_k N(loc_k, diag(scale_k^2)) over the last dimension (the event): a mixture of K diagonal
+    Gaussians with weights w = softmax(logits). Leading dimensions are the batch.
+
+    logits: (..., K); loc, scale: (..., K, D) with scale > 0.
+    """
+
+    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor):
+        if loc.shape != scale.shape or logits.shape != loc.shape[:-1]:
+            raise ValueError(f"logits {tuple(logits.shape)}, loc {tuple(loc.shape)} and scale {tuple(scale.shape)} "
+                             "must be (..., K), (..., K, D), (..., K, D)")
+        self.log_weights = logits.log_softmax(-1)
+        self.components = DiagonalGaussian(loc, scale)
+
+    @property
+    def event_dim(self) -> int:
+        return self.components.event_dim
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log sum_k w_k N(value; loc_k, diag(scale_k^2)), by log-sum-exp over k. value: (..., D) -> (...)."""
+        return torch.logsumexp(self.log_weights + self.components.log_prob(value.unsqueeze(-2)), dim=-1)
+
+    def rsample(
+        self, sample_shape: torch.Size | tuple[int, ...] = (), generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """k ~ Categorical(w), then z = loc_k + scale_k * eps, eps ~ N(0, I): (*sample_shape, ..., D).
+
+        Reparameterized given k (gradients reach loc_k and scale_k), not through the choice of k (the weights)."""
+        shape = torch.Size(sample_shape)
+        weights = self.log_weights.exp().reshape(-1, self.log_weights.shape[-1])
+        k = torch.multinomial(weights, max(1, shape.numel()), replacement=True, generator=generator)  # (B, S)
+        k = k.T.reshape(*shape, *self.log_weights.shape[:-1], 1, 1)  # (*sample_shape, ..., 1, 1)
+        loc, scale = (t.expand(*shape, *t.shape).gather(-2, k.expand(*k.shape[:-1], t.shape[-1])).squeeze(-2)
+                      for t in (self.components.loc, self.components.scale))
+        eps = torch.randn(loc.shape, dtype=loc.dtype, device=loc.device, generator=generator)
+        return loc + scale * eps

@@ -1,4 +1,4 @@
-"""Estimators of the negative conditional log-likelihood -log p(y|x) of a ConditionalVAE, per image, in nats.
+"""Estimators of the negative conditional log-likelihood -log p(y|x) of a ConditionalVAE, per example, in nats.
 
 With S samples of z, from the prior (Monte Carlo) or from the recognition net (importance sampling):
 
@@ -8,8 +8,8 @@ With S samples of z, from the prior (Monte Carlo) or from the recognition net (i
 
 (Sohn et al. 2015, section 5.1 and eq. 4; Rezende et al. 2014, appendix E, for the importance-sampled
 estimate.) The first two are computed in log space with log-sum-exp. All three are upper bounds on
--log p(y|x) in expectation, and the first two tighten as S grows. Images are processed in blocks and
-samples in chunks, so memory stays bounded for any number of images and any S.
+-log p(y|x) in expectation, and the first two tighten as S grows. Examples are processed in blocks and
+samples in chunks, so memory stays bounded for any number of examples and any S.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from collections.abc import Callable
 import torch
 
 from .conditional_vae import ConditionalVAE, Context
-from .distributions import DiagonalGaussian, kl_divergence
+from .distributions import DiagonalGaussian
 from .inputs import check_data, check_num_samples
+from .objectives import latent_kl
 
-# Image-samples evaluated in one pass of the generation net. Kept small enough that every activation
+# Example-samples evaluated in one pass of the generation net. Kept small enough that every activation
 # stays under glibc's 32 MB mmap threshold: larger buffers are mapped fresh and page-faulted on every
 # chunk, which made evaluation 3.6x slower on CPU (benchmarks/bench_eval.py).
 MAX_ROWS = 4096
-IMAGE_BLOCK = 2048
+EXAMPLE_BLOCK = 2048
 
 # log-weight of each sample: (model, x, y, context, posterior, prior, z) -> (chunk, N)
 LogWeight = Callable[[ConditionalVAE, torch.Tensor, torch.Tensor, Context, DiagonalGaussian,
@@ -54,7 +55,7 @@ def _reduce_samples(
     check_num_samples(num_samples)
     check_data(model, x, y)
     results = []
-    for block in _blocks(x.shape[0], IMAGE_BLOCK):
+    for block in _blocks(x.shape[0], EXAMPLE_BLOCK):
         xb, yb = x[block], y[block]
         context = model.context(xb, y=yb)
         prior = model.prior(xb, context)
@@ -105,13 +106,15 @@ def cll_importance(
 
 
 def _elbo_term(model, x, y, context, posterior, prior, z):
-    """log p(y|x,z) - KL(q(z|x,y) || p(z|x)), whose mean over z ~ q is the ELBO (eq. 4)."""
-    return model.log_likelihood(x, y, z, context) - kl_divergence(posterior, prior)
+    """log p(y|x,z) - KL(q(z|x,y) || p(z|x)), whose mean over z ~ q is the ELBO (eq. 4); the KL in closed form
+    for a Gaussian prior, log q(z) - log p(z) on the same draw for a mixture (objectives.latent_kl)."""
+    return model.log_likelihood(x, y, z, context) - latent_kl(posterior, prior, z)
 
 
 def negative_elbo(
     model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """KL(q || p) - (1/S) sum_s log p(y|x,z_s), z_s ~ q(z|x,y) (closed-form KL): (N,) nats."""
+    """KL(q || p) - (1/S) sum_s log p(y|x,z_s), z_s ~ q(z|x,y) (the KL in closed form for a Gaussian prior, on the
+    same draws for a mixture): (N,) nats."""
     return -_reduce_samples(model, x, y, num_samples, "posterior", _elbo_term, "mean", generator)

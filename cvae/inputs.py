@@ -8,10 +8,9 @@ from __future__ import annotations
 import torch
 
 
-def check_matrix(value: object, name: str, columns: int, what: str) -> torch.Tensor:
-    """value must be a floating-point tensor (N, columns) of finite numbers; returned unchanged.
-
-    what: the name of the expected width in messages, e.g. "x_dim".
+def check_matrix(value: object, name: str, columns: int, what: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """value must be a floating-point tensor (N, columns) of finite numbers (of ``dtype``, the model's, when
+    given); returned unchanged. what: the name of the expected width in messages, e.g. "x_dim".
     """
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape (N, {what}={columns}), got a {type(value).__name__}. "
@@ -19,6 +18,9 @@ def check_matrix(value: object, name: str, columns: int, what: str) -> torch.Ten
     if not value.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {value.dtype}. "
                          f"Convert it with {name}.float().")
+    if dtype is not None and value.dtype != dtype:
+        raise ValueError(f"{name} is {value.dtype} but the model is {dtype}: convert one of them, e.g. "
+                         f"{name}.to({dtype}).")
     if value.dim() != 2 or value.shape[1] != columns:
         hint = f" (for one feature per example use {name}.reshape(-1, 1))" if value.dim() == 1 and columns == 1 else ""
         raise ValueError(f"{name} must have shape (N, {what}={columns}), got {tuple(value.shape)}{hint}.")
@@ -33,9 +35,11 @@ def check_matrix(value: object, name: str, columns: int, what: str) -> torch.Ten
 
 
 def check_data(model: torch.nn.Module, x: object, y: object, names: tuple[str, str] = ("x", "y")) -> None:
-    """x (N, model.x_dim) and y (N, model.y_dim), finite, with y in the support of model.likelihood."""
-    check_matrix(x, names[0], model.x_dim, "x_dim")
-    check_matrix(y, names[1], model.y_dim, "y_dim")
+    """x (N, model.x_dim) and y (N, model.y_dim), finite, of the model's dtype, with y in the support of
+    model.likelihood."""
+    dtype = next(model.parameters()).dtype
+    check_matrix(x, names[0], model.x_dim, "x_dim", dtype)
+    check_matrix(y, names[1], model.y_dim, "y_dim", dtype)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{names[0]} and {names[1]} must have the same number of rows (one per example), got "
                          f"{x.shape[0]} and {y.shape[0]}.")

@@ -110,7 +110,7 @@ class CVAE(ConditionalVAE):
                  autoregressive: bool = False, ar_window: int = 0):
         task = baseline.task
         super().__init__(NUM_PIXELS, task.num_output_pixels, z_dim, hidden, baseline.likelihood, baseline=baseline,
-                         combine=QuadrantImage(task))
+                         combine=QuadrantImage(task), prior_components=1)
         self.task = task
         self.autoregression = Autoregression(task, ar_window) if autoregressive else None
 

@@ -1,4 +1,4 @@
-"""Training objectives, per image (Sohn et al. 2015, section 4): the CVAE's ELBO, the GSNN objective and
+"""Training objectives, per example (Sohn et al. 2015, section 4): the CVAE's ELBO, the GSNN objective and
 their hybrid, the importance-weighted bound (Burda et al. 2016), and the baseline's exact log-likelihood.
 
 The training losses are the negatives of these, averaged over a batch (``training_loss``).
@@ -11,7 +11,7 @@ import math
 import torch
 
 from .conditional_vae import ConditionalVAE
-from .distributions import kl_divergence
+from .distributions import DiagonalGaussian, GaussianMixture, kl_divergence
 from .regressor import Regressor
 
 OBJECTIVES = ("elbo", "gsnn", "hybrid", "iwae")
@@ -25,19 +25,31 @@ def elbo(
     num_samples: int = 1,
     generator: torch.Generator | None = None,
     y_hat: torch.Tensor | None = None,
+    kl_weight: float = 1.0,
 ) -> torch.Tensor:
-    """The CVAE's evidence lower bound on log p(y|x), per image (Sohn et al. 2015, eq. 4):
+    """The CVAE's evidence lower bound on log p(y|x), per example (Sohn et al. 2015, eq. 4):
 
         ELBO(x, y) = -KL(q(z|x,y) || p(z|x)) + (1/L) sum_{l=1}^{L} log p(y|x, z_l),  z_l ~ q(z|x,y),
 
-    with the KL in closed form and z_l reparameterized, so the gradient flows to all three networks.
+    with z_l reparameterized, so the gradient flows to all three networks, and the KL in closed form for a
+    Gaussian prior, estimated on the same draws for a mixture prior (``latent_kl``). kl_weight (beta) scales the
+    KL term: 1 is the ELBO; a KL warm-up (Bowman et al. 2016) trains with beta rising from 0 to 1.
     x, y: (N, x_dim), (N, y_dim) -> (N,); y_hat: the baseline's prediction (N, y_dim), computed when not given.
     """
     context = model.context(x, y_hat, y)
     posterior = model.posterior(x, y)
     z = posterior.rsample((num_samples,), generator=generator)  # (L, N, z_dim)
     reconstruction = model.log_likelihood(x, y, z, context).mean(0)
-    return reconstruction - kl_divergence(posterior, model.prior(x, context))
+    return reconstruction - kl_weight * latent_kl(posterior, model.prior(x, context), z).mean(0)
+
+
+def latent_kl(posterior: DiagonalGaussian, prior: DiagonalGaussian | GaussianMixture,
+              z: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x,y) || p(z|x)): in closed form (distributions.kl_divergence) when the prior is one Gaussian,
+    -> (1, N); otherwise its Monte Carlo estimate on draws z ~ q, log q(z) - log p(z), -> (L, N)."""
+    if isinstance(prior, DiagonalGaussian):
+        return kl_divergence(posterior, prior).unsqueeze(0)
+    return posterior.log_prob(z) - prior.log_prob(z)
 
 
 def gsnn_objective(
@@ -48,7 +60,7 @@ def gsnn_objective(
     generator: torch.Generator | None = None,
     y_hat: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The Gaussian stochastic neural network's objective, per image (Sohn et al. 2015, eq. 9):
+    """The Gaussian stochastic neural network's objective, per example (Sohn et al. 2015, eq. 9):
 
         L_GSNN(x, y) = (1/L) sum_{l=1}^{L} log p(y|x, z_l),   z_l ~ p(z|x) (reparameterized),
 
@@ -67,9 +79,10 @@ def hybrid_objective(
     alpha: float,
     generator: torch.Generator | None = None,
     y_hat: torch.Tensor | None = None,
+    kl_weight: float = 1.0,
 ) -> torch.Tensor:
-    """alpha * ELBO + (1 - alpha) * L_GSNN, per image, one sample of z each (Sohn et al. 2015, eq. 10)."""
-    return (alpha * elbo(model, x, y, 1, generator, y_hat)
+    """alpha * ELBO + (1 - alpha) * L_GSNN, per example, one sample of z each (Sohn et al. 2015, eq. 10)."""
+    return (alpha * elbo(model, x, y, 1, generator, y_hat, kl_weight)
             + (1 - alpha) * gsnn_objective(model, x, y, 1, generator, y_hat))
 
 
@@ -80,19 +93,21 @@ def importance_weighted_bound(
     num_samples: int,
     generator: torch.Generator | None = None,
     y_hat: torch.Tensor | None = None,
+    kl_weight: float = 1.0,
 ) -> torch.Tensor:
-    """The importance-weighted bound on log p(y|x), per image (Burda et al. 2016, eq. 8, made conditional):
+    """The importance-weighted bound on log p(y|x), per example (Burda et al. 2016, eq. 8, made conditional):
 
         L_K(x, y) = log (1/K) sum_{k=1}^{K} p(y|x, z_k) p(z_k|x) / q(z_k|x,y),   z_k ~ q(z|x,y) (reparameterized).
 
     The log of the importance-sampled estimate of p(y|x) that the evaluation uses, so training maximizes what is
     reported. ELBO = E[L_1] <= E[L_K] <= E[L_{K+1}] <= log p(y|x). x, y: (N, x_dim), (N, y_dim) -> (N,).
+    kl_weight (beta) scales log p(z_k|x) - log q(z_k|x,y) in each weight, for a KL warm-up; 1 is the bound.
     """
     context = model.context(x, y_hat, y)
     posterior = model.posterior(x, y)
     z = posterior.rsample((num_samples,), generator=generator)  # (K, N, z_dim)
-    log_weights = (model.log_likelihood(x, y, z, context) + model.prior(x, context).log_prob(z)
-                   - posterior.log_prob(z))
+    log_weights = (model.log_likelihood(x, y, z, context) + kl_weight * model.prior(x, context).log_prob(z)
+                   - kl_weight * posterior.log_prob(z))
     return torch.logsumexp(log_weights, dim=0) - math.log(num_samples)
 
 
@@ -106,19 +121,20 @@ def training_loss(
     objective: str = "elbo",
     alpha: float = 0.5,
     iw_samples: int = 5,
+    kl_weight: float = 1.0,
 ) -> torch.Tensor:
-    """The batch-mean loss a model is trained on, in nats per image: the baseline's -log p(y|x)
-    (exact); for the CVAE the negative of its objective ("cvae": the ELBO, "gsnn", or "hybrid" with
+    """The batch-mean loss a model is trained on, in nats per example: the baseline's -log p(y|x)
+    (exact); for the CVAE the negative of its objective ("elbo" (train.py's "cvae"), "gsnn", or "hybrid" with
     weight alpha on the ELBO, with one sample of z; "iwae": the importance-weighted bound with
-    iw_samples samples of z)."""
+    iw_samples samples of z), the KL terms scaled by kl_weight."""
     if not isinstance(model, ConditionalVAE):
         return -model.log_likelihood(x, y).mean()
     if objective in ("elbo", "cvae"):
-        return -elbo(model, x, y, 1, generator, y_hat).mean()
+        return -elbo(model, x, y, 1, generator, y_hat, kl_weight).mean()
     if objective == "gsnn":
         return -gsnn_objective(model, x, y, 1, generator, y_hat).mean()
     if objective == "hybrid":
-        return -hybrid_objective(model, x, y, alpha, generator, y_hat).mean()
+        return -hybrid_objective(model, x, y, alpha, generator, y_hat, kl_weight).mean()
     if objective == "iwae":
-        return -importance_weighted_bound(model, x, y, iw_samples, generator, y_hat).mean()
+        return -importance_weighted_bound(model, x, y, iw_samples, generator, y_hat, kl_weight).mean()
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")

@@ -79,16 +79,27 @@ class FitSettings:
     seed: int = 0
     objective: str = "elbo"  # what a CVAE is trained on (objectives.training_loss); the baseline ignores it
     alpha: float = 0.5
-    iw_samples: int = 5  # samples of z per image for the "iwae" objective
+    iw_samples: int = 5  # samples of z per example for the "iwae" objective
     lr_decay: float = 1.0  # the learning rate of epoch e (from 0) is lr * lr_decay ** e
+    kl_warmup: int = 0  # epochs over which the KL weight rises linearly from 0 to 1 (0: always 1)
+    lr_halving: int = 0  # after warm-up, halve the learning rate after each run of this many epochs without a new
+    # best validation loss (0: never)
 
-    def loss(self, model: nn.Module, *batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model: nn.Module, *batch: torch.Tensor, generator: torch.Generator,
+             kl_weight: float = 1.0) -> torch.Tensor:
         return training_loss(model, *batch, generator=generator, objective=self.objective, alpha=self.alpha,
-                             iw_samples=self.iw_samples)
+                             iw_samples=self.iw_samples, kl_weight=kl_weight)
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of an epoch (counted from 0): exponential decay, lr * lr_decay ** epoch."""
         return self.lr * self.lr_decay ** epoch
+
+    def kl_weight_at(self, epoch: int, step: int, num_batches: int) -> float:
+        """The KL warm-up (Bowman et al. 2016): beta = min(1, t / (kl_warmup * num_batches)) at step t counted
+        from the start of training, a function of (epoch, step) alone, so a resumed run agrees."""
+        if self.kl_warmup == 0:
+            return 1.0
+        return min(1.0, (epoch * num_batches + step) / (self.kl_warmup * num_batches))
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
@@ -100,9 +111,9 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
 def shard(batch: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, float]:
     """This process's contiguous share of a global batch of indices, and the weight of its mean loss.
 
-    Shares differ by at most one image; weight = share * world / global, so the mean over processes of the
+    Shares differ by at most one example; weight = share * world / global, so the mean over processes of the
     weighted losses (what DistributedDataParallel does to their gradients) is the global batch's mean loss.
-    A process left without images (a last batch smaller than the world) gets one image with weight 0, so
+    A process left without examples (a last batch smaller than the world) gets one with weight 0, so
     that it still takes part in the gradient all-reduce. In one process: (batch, 1.0).
     """
     part = batch.tensor_split(world)[rank]
@@ -119,8 +130,8 @@ class _Loss(nn.Module):
         super().__init__()
         self.model, self.settings = model, settings
 
-    def forward(self, *batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.settings.loss(self.model, *batch, generator=generator)
+    def forward(self, *batch: torch.Tensor, generator: torch.Generator, kl_weight: float = 1.0) -> torch.Tensor:
+        return self.settings.loss(self.model, *batch, generator=generator, kl_weight=kl_weight)
 
 
 def distributed_loss(model: nn.Module, settings: FitSettings) -> DistributedDataParallel:
@@ -138,7 +149,7 @@ def distributed_loss(model: nn.Module, settings: FitSettings) -> DistributedData
 def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], settings: FitSettings) -> float:
     """Mean training loss over a dataset (x, y[, filled]), in eval mode and with fixed noise.
 
-    Under torchrun each process takes a contiguous share of the images and the sums are all-reduced, so
+    Under torchrun each process takes a contiguous share of the examples and the sums are all-reduced, so
     every process gets the same value (and takes the same early-stopping decision).
     """
     model.eval()
@@ -155,7 +166,7 @@ def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], settings: 
 
 def _fresh_state(seed: int) -> dict:
     return {"epoch": 0, "step": 0, "best_val": math.inf, "bad_epochs": 0, "history": [],
-            "finished": False, "partial_losses": torch.zeros(0), "seed": seed}
+            "finished": False, "partial_losses": torch.zeros(0), "seed": seed, "lr_scale": 1.0}
 
 
 def train_loop(
@@ -206,8 +217,8 @@ def train_loop(
         started = time.perf_counter()
         first_step = state["step"] if epoch == state["epoch"] else 0
         order = epoch_order(num_examples, settings.seed, epoch).to(device)
-        for group in optimizer.param_groups:  # a function of the epoch alone, so a resumed run agrees
-            group["lr"] = settings.lr_at(epoch)
+        for group in optimizer.param_groups:  # a function of the epoch and the saved state, so a resumed run agrees
+            group["lr"] = settings.lr_at(epoch) * state["lr_scale"]
         losses = torch.empty(num_batches, device=device)
         losses[:first_step] = state["partial_losses"].to(device)[:first_step]
         model.train()
@@ -216,7 +227,8 @@ def train_loop(
         checked = first_step
         for step in range(first_step, num_batches):
             batch, weight = shard(order[step * settings.batch_size:(step + 1) * settings.batch_size], rank, world)
-            loss = loss_of(*(t[batch] for t in train), generator=noise) * weight
+            kl_weight = settings.kl_weight_at(epoch, step, num_batches)
+            loss = loss_of(*(t[batch] for t in train), generator=noise, kl_weight=kl_weight) * weight
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -238,7 +250,8 @@ def train_loop(
 
         train_loss = losses.mean().item()
         val_loss = validation_loss(model, val, settings)
-        improved = val_loss < state["best_val"]
+        warming_up = epoch + 1 < settings.kl_warmup  # the KL weight is below 1 through this epoch's end
+        improved = val_loss < state["best_val"] or warming_up  # patience counts from the end of the warm-up
         if improved:
             state["best_val"], state["bad_epochs"] = val_loss, 0
             if best_path is None:
@@ -247,6 +260,8 @@ def train_loop(
                 checkpoints.save(model.checkpoint(), best_path)
         else:
             state["bad_epochs"] += 1
+            if settings.lr_halving and state["bad_epochs"] % settings.lr_halving == 0:
+                state["lr_scale"] /= 2
         state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                                  "seconds": time.perf_counter() - started})
         if rank == 0:
@@ -274,6 +289,7 @@ def _resume(state_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
             noise: torch.Generator) -> dict:
     """Load a resumable state into model, optimizer and noise; CheckpointError if it does not fit them."""
     state = checkpoints.load(state_path)
+    state.setdefault("lr_scale", 1.0)  # states written before the learning-rate halving existed
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

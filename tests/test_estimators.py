@@ -127,7 +127,7 @@ def test_estimates_are_right_when_images_and_samples_are_split_into_many_chunks(
     import cvae.estimators as estimators
     model, x, y, exact = setup
     monkeypatch.setattr(estimators, "MAX_ROWS", 1000)  # chunks of 333 and 1000 samples
-    monkeypatch.setattr(estimators, "IMAGE_BLOCK", 3)  # blocks of 3 and 1 images
+    monkeypatch.setattr(estimators, "EXAMPLE_BLOCK", 3)  # blocks of 3 and 1 examples
     for estimator in (cll_importance, cll_monte_carlo):
         estimate = estimator(model, x, y, 50_000, gen(3))
         assert estimate.shape == (NUM_IMAGES,)

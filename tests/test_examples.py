@@ -1,0 +1,68 @@
+"""The worked examples and the README's "Use it on your own data" code, run as written on small settings, and the
+paper's experiment under the continuous-Bernoulli likelihood."""
+
+import contextlib
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY, invoke, load_script
+
+from cvae import checkpoints
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def readme_own_data_code() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Use it on your own data", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_own_data_code_runs_as_written_in_at_most_20_lines(tmp_path: Path):
+    code = readme_own_data_code()
+    assert len(code.strip().splitlines()) <= 20
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        namespace: dict = {}
+        with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
+            exec(compile(code, "README.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    assert (tmp_path / "model.pt").is_file()
+    assert namespace["samples"].shape == (10, 5, 1)
+    assert namespace["nll"].shape == (1000,) and namespace["nll"].mean() < 0  # a unimodal Gaussian scores about 0.9
+    assert "nats" in out.getvalue()
+
+
+def test_train_py_runs_the_paper_experiment_under_the_continuous_bernoulli_likelihood(mnist_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    status, err = invoke(load_script("train").main, [*TINY, "--epochs", "1", "--quadrants", "2", "--likelihood",
+                                                      "continuous-bernoulli", "--data-dir", str(mnist_dir),
+                                                      "--out", str(run)])
+    assert status == 0, err
+    results = json.loads((run / "results.json").read_text())
+    assert results["likelihood"] == "continuous-bernoulli"
+    assert "continuous-bernoulli likelihood (a normalized density)" in (run / "results.md").read_text()
+    for name in ("baseline.pt", "cvae.pt"):
+        assert checkpoints.load(run / "q2" / name)["config"]["likelihood"] == "continuous-bernoulli"
+    status, err = invoke(load_script("evaluate").main, [str(run), "--num-samples", "3", "--no-progress"])
+    assert status == 0, err
+    status, err = invoke(load_script("train").main, ["--likelihood", "gaussian"])
+    assert status == 2 and "invalid choice: 'gaussian'" in err
+
+
+def test_the_image_completion_example_reports_both_models_in_nats(mnist_dir: Path, tmp_path: Path):
+    script = load_script("examples/image_completion")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        table = script.main(["--dataset", "mnist", "--data-dir", str(mnist_dir), "--train-subset", "256",
+                             "--epochs", "1", "--test-subset", "40", "--num-samples", "3", "--no-progress",
+                             "--out", str(tmp_path)])
+    for row in ("NN baseline (exact)", "CVAE importance sampling, S=3", "CVAE Monte Carlo, S=3",
+                "NN - CVAE importance sampling (paired)"):
+        assert f"| {row} | " in table
+    assert "40 test images" in table and (tmp_path / "samples.png").stat().st_size > 10_000
