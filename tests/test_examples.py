@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, TINY, invoke, load_script
 
 from cvae import checkpoints
@@ -66,3 +67,26 @@ def test_the_image_completion_example_reports_both_models_in_nats(mnist_dir: Pat
                 "NN - CVAE importance sampling (paired)"):
         assert f"| {row} | " in table
     assert "40 test images" in table and (tmp_path / "samples.png").stat().st_size > 10_000
+
+
+def test_the_multimodal_example_reports_the_floor_the_cvae_and_the_unimodal_baseline(tmp_path: Path):
+    script = load_script("examples/multimodal_regression")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        table = script.main(["--train-size", "2000", "--test-size", "500", "--epochs", "2", "--num-samples", "20",
+                             "--no-progress", "--out", str(tmp_path)])
+    for row in ("truth: the floor, -log p(y|x)", "CVAE, importance sampling (S=20)",
+                "unimodal Gaussian regression (exact)"):
+        assert f"| {row} | " in table
+    assert "| 98.9% |" in table and (tmp_path / "samples.png").stat().st_size > 10_000
+
+
+def test_the_multimodal_examples_truth_is_a_normalized_density_with_separate_branches():
+    script = load_script("examples/multimodal_regression")
+    x = torch.full((1, 1), 0.3)
+    grid = torch.linspace(-1.5, 1.5, 601)
+    y = torch.cartesian_prod(grid, grid)
+    density = (-script.true_nll(x.expand(len(y), 1), y)).exp()
+    assert abs(density.sum().item() * (grid[1] - grid[0]).item() ** 2 - 1) < 1e-3  # integrates to 1
+    x, y = script.make_data(4000, seed=0)
+    assert script.share_on_branch(x, y[None]) > 0.98  # the data themselves lie on the branches
+    assert script.share_on_branch(x, torch.zeros(1, 4000, 2)) == 0  # the centre is on none
