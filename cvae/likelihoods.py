@@ -143,10 +143,7 @@ class Likelihood(ABC):
     name: str  # the name by_name and config use
     support: str  # in words, for error messages
 
-    @property
-    @abstractmethod
-    def num_params(self) -> int:
-        """Parameters per output dimension that the network must output."""
+    num_params: int = 1  # parameters per output dimension that the network must output
 
     @abstractmethod
     def log_prob(self, params: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -218,10 +215,6 @@ class Bernoulli(Likelihood):
 
     name = "bernoulli"
     support = "[0, 1]"
-
-    @property
-    def num_params(self) -> int:
-        return 1
 
     def log_prob(self, params: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """sum_i [ y_i l_i - softplus(l_i) ] (distributions.bernoulli_log_likelihood) -> (...)."""
@@ -309,10 +302,6 @@ class ContinuousBernoulli(Likelihood):
 
     name = "continuous-bernoulli"
     support = "[0, 1]"
-
-    @property
-    def num_params(self) -> int:
-        return 1
 
     def log_prob(self, params: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """sum_i [ y_i l_i - softplus(l_i) + log C(l_i) ] -> (...)."""
