@@ -11,18 +11,17 @@ command continues from the saved state.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from cvae import checkpoints, cli
+from cvae import checkpoints, cli, run_lock
 from cvae.config import RunConfig
 from cvae.data import load_splits
 from cvae.evaluation import mean_and_sem
-from cvae.experiment import fit_settings, setting_paths, task_data
+from cvae.experiment import fit_settings, remove_stale_temporaries, setting_paths, task_data
 from cvae.models import BaselineNet, build_model
 from cvae.quadrants import QuadrantTask
 from cvae.report import table_header
@@ -35,10 +34,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = RunConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quadrants", type=cli.quadrants, nargs="+", default=defaults.quadrants)
-    p.add_argument("--seed", type=cli.non_negative_int("--seed"), default=defaults.seed)
+    p.add_argument("--seed", type=cli.seed, default=defaults.seed)
     p.add_argument("--ar-window", type=cli.odd_window("--ar-window"), default=0,
                    help="the autoregressive term's window (train.py --ar-window; default 0: every earlier pixel)")
-    p.add_argument("--epochs", type=cli.positive_int("--epochs"), default=defaults.epochs)
+    p.add_argument("--epochs", type=cli.epochs, default=defaults.epochs)
     p.add_argument("--data-dir", default=defaults.data_dir)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     cli.add_device_argument(p)
@@ -53,16 +52,32 @@ def exact_cll(model: BaselineNet, x: torch.Tensor, y: torch.Tensor, block: int =
     return torch.cat([-model.log_likelihood(xb, yb) for xb, yb in zip(x.split(block), y.split(block))]).double()
 
 
+def _saved_config(path: Path) -> object:
+    try:
+        return checkpoints.read_json(path, "config.json", "Choose another --out.")
+    except checkpoints.RunFileError as error:
+        raise cli.UserError(str(error)) from None
+
+
 def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
     args = parse_args(argv)
     device = cli.resolve_device(args.device)
     out = Path(args.out)
+    run_lock.check_directory_path(out, "--out")
+    if out.exists() and not out.is_dir():
+        raise cli.UserError(f"--out {out} is a file, not a directory. Choose another --out.")
+    with run_lock.hold(out, create=True, command="autoregressive_baseline.py"):  # one job per directory
+        return control(args, device, out, stop)
+
+
+def control(args: argparse.Namespace, device, out: Path, stop: StopFlag | None) -> int:
     config = RunConfig(quadrants=sorted(set(args.quadrants)), seed=args.seed, epochs=args.epochs,
                        data_dir=args.data_dir)
     saved = {"control": "autoregressive_baseline", "seed": config.seed, "quadrants": config.quadrants,
              "epochs": config.epochs, "ar_window": args.ar_window}
-    if (out / "config.json").is_file() and json.loads((out / "config.json").read_text()) != saved:
+    if (out / "config.json").is_file() and _saved_config(out / "config.json") != saved:
         raise cli.UserError(f"{out} holds another run ({out / 'config.json'}). Choose another --out.")
+    remove_stale_temporaries(out)
     splits = load_splits(config.data_dir, config.dataset)
     checkpoints.write_json(out / "config.json", saved)
     settings = fit_settings(config)  # the paper's: the baseline trains on its exact likelihood whatever the objective

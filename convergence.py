@@ -12,11 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from cvae import checkpoints, cli, figures
+from cvae import checkpoints, cli, figures, run_lock
 from cvae.config import RunConfig
 from cvae.convergence import estimates_versus_samples, markdown_table
 from cvae.data import load_splits
-from cvae.experiment import load_model, read_run, setting_paths, task_data
+from cvae.experiment import load_model, read_run, remove_stale_temporaries, setting_paths, task_data
 from cvae.quadrants import QuadrantTask
 
 
@@ -36,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = cli.resolve_device(args.device)
     run_dir = Path(args.run_dir)
+    with run_lock.hold(run_dir, command="convergence.py"):  # it writes convergence_q{k}.* into the run directory
+        return convergence(args, device, run_dir)
+
+
+def convergence(args: argparse.Namespace, device, run_dir: Path) -> int:
     config = RunConfig.from_dict(read_run(run_dir)["config"])
+    remove_stale_temporaries(run_dir)
     splits = load_splits(args.data_dir or config.data_dir, config.dataset)
     images = splits.test[:args.test_subset]
     for k in args.quadrants:

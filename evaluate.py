@@ -15,10 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from cvae import cli, distributed
+from cvae import cli, distributed, run_lock
 from cvae.config import RunConfig
 from cvae.data import load_splits
-from cvae.experiment import evaluate_run, read_run
+from cvae.experiment import evaluate_run, read_run, remove_stale_temporaries
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = distributed.init_from_env(cli.resolve_device(args.device))  # a no-op without torchrun
     run_dir = Path(args.run_dir)
+    with run_lock.hold(run_dir, command="evaluate.py"):  # one job per run directory
+        return evaluate(args, device, run_dir)
+
+
+def evaluate(args: argparse.Namespace, device, run_dir: Path) -> int:
     saved = read_run(run_dir)
+    remove_stale_temporaries(run_dir)
     if not saved.get("finished"):
         raise cli.UserError(f"{run_dir} has not finished training (it was interrupted or stopped early), so "
                             f"it has no complete checkpoints to evaluate. Continue it first with: "

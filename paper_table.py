@@ -12,7 +12,15 @@ import sys
 from pathlib import Path
 
 from cvae import checkpoints, cli
-from cvae.comparison import ablation_table, load_runs, paired_table, paper_table, published_table
+from cvae.comparison import (
+    ComparisonError,
+    ablation_table,
+    check_comparable,
+    load_runs,
+    paired_table,
+    paper_table,
+    published_table,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         runs = load_runs(args.run_dirs)
-    except FileNotFoundError as error:
+        check_comparable(runs, ablation=args.ablation)
+    except (FileNotFoundError, checkpoints.RunFileError, ComparisonError) as error:
         raise cli.UserError(str(error)) from None
     if args.ablation:
         text = ablation_table(runs)

@@ -9,11 +9,17 @@ For each setting: the baseline NN is trained first (early stopping on the valida
 frozen; the CVAE is trained on top of it. Then every setting is evaluated (evaluate.py does the same
 for a saved run) and the table and figures are written into the run directory. Under torchrun
 --batch-size is the global batch, shared by the processes, and the learning rate is unchanged.
+
+One job per run directory: the job holds the directory's lock (cvae.run_lock) from before it looks into it to
+its end. Numbers that cannot work (a seed whose generator seeds would overflow, networks that cannot fit in the
+device's memory) are refused before anything is created; a run that saved no checkpoint (it failed, ran out of
+memory or was killed before its first one) does not block the same command: it starts there anew.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -21,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from cvae import checkpoints, cli, distributed
+from cvae import checkpoints, cli, distributed, run_lock
 from cvae.config import PRESETS, RunConfig, environment
 from cvae.data import DATASETS, load_splits
-from cvae.experiment import evaluate_run, read_run, train_setting
+from cvae.experiment import check_memory, evaluate_run, read_run, remove_stale_temporaries, setting_paths, train_setting
 from cvae.likelihoods import PIXEL_LIKELIHOODS as LIKELIHOODS
 from cvae.objectives import RUN_OBJECTIVES
 from cvae.training import StopFlag, TrainingInterrupted, stop_on_signals
@@ -40,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "configuration'); options given beside it override its values")
     p.add_argument("--quadrants", type=cli.quadrants, nargs="+", default=defaults.quadrants,
                    help="input quadrant settings to run (default: 1 2 3)")
-    p.add_argument("--epochs", type=cli.positive_int("--epochs"), default=defaults.epochs)
+    p.add_argument("--epochs", type=cli.epochs, default=defaults.epochs)
     p.add_argument("--patience", type=cli.positive_int("--patience"), default=defaults.patience,
                    help="epochs without improvement of the validation loss before stopping")
     p.add_argument("--batch-size", type=cli.positive_int("--batch-size"),
@@ -55,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ar-window", type=cli.odd_window("--ar-window"), default=defaults.ar_window,
                    help="with --autoregressive: only the earlier pixels in a square of this odd width around each "
                    "pixel (default 0: every earlier pixel)")
-    p.add_argument("--seed", type=cli.non_negative_int("--seed"), default=defaults.seed)
+    p.add_argument("--seed", type=cli.seed, default=defaults.seed)
     p.add_argument("--objective", choices=RUN_OBJECTIVES, default=defaults.objective,
                    help="the CVAE's training objective: cvae (the ELBO, eq. 4), gsnn (eq. 9), hybrid (eq. 10) "
                    "or iwae (the importance-weighted bound, Burda et al. 2016)")
@@ -106,34 +112,72 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         train_subset=args.train_subset, num_samples=args.num_samples)
 
 
-def choose_run(args: argparse.Namespace) -> tuple[Path, RunConfig, bool]:
-    """The run directory and configuration, after checking that nothing will be overwritten
-    silently. Returns (run_dir, config, resuming)."""
+def check_new_run(args: argparse.Namespace, device) -> tuple[Path, RunConfig]:
+    """What can be checked of a new run before anything is created: --out and the numbers of the configuration.
+    Returns (run_dir, config)."""
+    run_dir = Path(args.out)
+    config = config_from_args(args)
+    run_lock.check_directory_path(run_dir, "--out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise cli.UserError(f"--out {run_dir} is a file, not a directory. Choose another --out.")
+    check_writable(run_dir)
+    if not (run_dir / "config.json").exists() and other_files(run_dir):  # refused before a lock file is made there
+        raise not_a_run(run_dir)
+    if config.train_subset is not None and config.train_subset < config.batch_size:
+        raise cli.UserError(f"--train-subset {config.train_subset} is smaller than --batch-size "
+                            f"{config.batch_size}: use at least one full batch of images.")
+    check_memory(config, device)
+    return run_dir, config
+
+
+def other_files(run_dir: Path) -> list[Path]:
+    """What a directory holds besides the lock file."""
+    return [p for p in run_dir.iterdir() if p.name != run_lock.LOCK_NAME] if run_dir.is_dir() else []
+
+
+def not_a_run(run_dir: Path) -> cli.UserError:
+    return cli.UserError(f"--out {run_dir} is a directory with other files in it, not a run. "
+                         "Choose a new or empty directory for --out.")
+
+
+def saved_nothing(run_dir: Path) -> bool:
+    """Whether run_dir holds a run that failed or was killed before it saved anything (no checkpoint, history
+    or results; config.json says unfinished): nothing a new run there could lose."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(saved, dict) or saved.get("finished") is not False or (run_dir / "results.json").exists():
+        return False
+    return not any(any(setting_paths(run_dir, k).root.glob(pattern))
+                   for k in (1, 2, 3) for pattern in ("*.pt", "history.json"))
+
+
+def choose_run(args: argparse.Namespace, run_dir: Path, config: RunConfig | None) -> tuple[RunConfig, bool, bool]:
+    """The configuration, under the run directory's lock, after checking that nothing will be overwritten
+    silently. config: check_new_run's (None with --resume). Returns (config, resuming, replace): replace
+    when what train.py wrote in run_dir must be removed first (--overwrite, or a run that saved nothing)."""
     if args.resume:
-        run_dir = Path(args.resume)
         config = RunConfig.from_dict(read_run(run_dir)["config"])
         check_resume_options(args, run_dir, config)
         if "data_dir" in args.given:  # where the data is, not what it is: its MD5s are checked
             config.data_dir = args.data_dir
         check_writable(run_dir)
-        return run_dir, config, True
-    run_dir = Path(args.out)
-    config = config_from_args(args)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise cli.UserError(f"--out {run_dir} is a file, not a directory. Choose another --out.")
-    check_writable(run_dir)
-    if (run_dir / "config.json").exists():
-        if not args.overwrite:
-            raise cli.UserError(
-                f"{run_dir} already holds a run. Nothing was changed. Use --resume {run_dir} to "
-                f"continue it, --overwrite to replace it, or --out to start a new one elsewhere.")
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
-        raise cli.UserError(f"--out {run_dir} is a directory with other files in it, not a run. "
-                            "Choose a new or empty directory for --out.")
-    if config.train_subset is not None and config.train_subset < config.batch_size:
-        raise cli.UserError(f"--train-subset {config.train_subset} is smaller than --batch-size "
-                            f"{config.batch_size}: use at least one full batch of images.")
-    return run_dir, config, False
+        return config, True, False
+    if not (run_dir / "config.json").exists():
+        if other_files(run_dir):
+            raise not_a_run(run_dir)
+        return config, False, False
+    if args.overwrite:
+        return config, False, True
+    if saved_nothing(run_dir):  # e.g. out of memory, or killed, before the first checkpoint: it blocks no retry
+        if distributed.is_main():
+            print(f"note: {run_dir} holds a run that saved no checkpoint (it failed or was stopped before its "
+                  "first one): starting this run there anew.", file=sys.stderr)
+        return config, False, True
+    raise cli.UserError(
+        f"{run_dir} already holds a run. Nothing was changed. Use --resume {run_dir} to "
+        f"continue it, --overwrite to replace it, or --out to start a new one elsewhere.")
 
 
 def check_resume_options(args: argparse.Namespace, run_dir: Path, config: RunConfig) -> None:
@@ -187,21 +231,35 @@ def clear_run(run_dir: Path) -> None:
 def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
     args = parse_args(argv)
     device = distributed.init_from_env(cli.resolve_device(args.device))  # a no-op without torchrun
+    run_dir, config = (Path(args.resume), None) if args.resume else check_new_run(args, device)
+    # one job per run directory, from here to the end (run_lock)
+    with run_lock.hold(run_dir, create=not args.resume, command="train.py" + (" --resume" if args.resume else "")):
+        return train(args, device, run_dir, config, stop)
+
+
+def train(args: argparse.Namespace, device, run_dir: Path, config: RunConfig | None, stop: StopFlag | None) -> int:
     main_process = distributed.is_main()
-    run_dir, config, resuming = choose_run(args)
+    config, resuming, replace = choose_run(args, run_dir, config)
+    remove_stale_temporaries(run_dir)
     saved = read_run(run_dir) if resuming else {"config": config.to_dict(), "distributed": scale_out(config),
                                                 "finished": False}
     if resuming:
         check_same_processes(saved, run_dir)
+        check_memory(config, device)
     # rank 0 provisions the data first; it goes on once every process has checked the run directory
     with distributed.main_first():
         splits = load_splits(config.data_dir, config.dataset)
-    if config.train_subset is not None and config.train_subset > splits.train.shape[0]:
+    num_train = splits.train.shape[0]
+    if config.train_subset is not None and config.train_subset > num_train:
         raise cli.UserError(f"--train-subset {config.train_subset} is larger than the "
-                            f"{splits.train.shape[0]} training images.")
+                            f"{num_train} training images.")
+    if config.batch_size > num_train:
+        raise cli.UserError(f"--batch-size {config.batch_size} is larger than the {num_train} training images: a "
+                            f"batch holds at most all of them. Give at most --batch-size {num_train}.")
+    check_memory(config, device, batch=config.batch_size)
     saved["environment"] = environment()
     if main_process:
-        if args.overwrite:
+        if replace:
             clear_run(run_dir)
         checkpoints.write_json(run_dir / "config.json", saved)
     distributed.barrier()  # no process looks for resumable states before --overwrite has removed them
@@ -221,15 +279,22 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
         print(f"trained {config.quadrants} in {time.perf_counter() - started:.0f} s on {device}"
               f"{f' (x{distributed.world_size()} processes)' if distributed.active() else ''}; "
               f"checkpoints in {run_dir}", file=sys.stderr)
+    evaluate = f"{distributed.command('evaluate.py')} {run_dir}"
+    if resuming and "data_dir" in args.given and args.data_dir != saved["config"]["data_dir"]:
+        evaluate += f" --data-dir {args.data_dir}"
     # the signal came after the last training step (to any process: they all skip the evaluation)
     if distributed.any_process(stop.requested) and not args.no_eval:
         raise TrainingInterrupted(f"training of {run_dir} is finished, but its evaluation was skipped. "
-                                  f"Evaluate it with: {distributed.command('evaluate.py')} {run_dir}")
+                                  f"Evaluate it with: {evaluate}")
 
     if not args.no_eval:
         started = time.perf_counter()
-        _, table = evaluate_run(run_dir, config, splits, device, config.num_samples,
-                                progress=not args.no_progress)
+        try:
+            _, table = evaluate_run(run_dir, config, splits, device, config.num_samples,
+                                    progress=not args.no_progress)
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM (cli.run): the training is saved, evaluate.py redoes the rest
+            raise TrainingInterrupted(f"the evaluation of {run_dir} was stopped; its training is finished and "
+                                      f"saved. Evaluate it with: {evaluate}") from None
         if main_process:
             print(f"evaluated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
             print(table)

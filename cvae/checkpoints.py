@@ -7,8 +7,12 @@ resumable training state. Nothing in it needs arbitrary unpickling, and anything
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +23,11 @@ import torch
 
 class CheckpointError(Exception):
     """A checkpoint is missing, truncated, unsafe, or does not match the run's configuration."""
+
+
+class RunFileError(ValueError):
+    """A file of a run (config.json, results.json, history.json) is unreadable, foreign or edited: the message names
+    the file and what is wrong in it, in one paragraph."""
 
 
 _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
@@ -40,35 +49,158 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def temporary_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: ``.NAME.tmpPID`` beside it (see
+    remove_stale_temporaries)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
 def write_text(path: str | Path, text: str) -> None:
+    """Write text as UTF-8 (whatever the locale), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_texts(files: dict[Path, str]) -> None:
+    """Write several text files (UTF-8) as one unit: every text goes to its temporary file first, and only when
+    all are written and synced are they renamed into place, in order. If any write fails, none of the files is
+    replaced and no temporary file is left."""
+    temporaries = {}
+    try:
+        for path, text in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporaries[path] = tmp = temporary_path(path)
+            tmp.write_text(text, encoding="utf-8")
+            _fsync(tmp)
+        for path, tmp in temporaries.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def read_json(path: str | Path, what: str = "file",
+              remedy: str = "Restore it from a copy, or re-run the command that writes it.") -> Any:
+    """The JSON value in a UTF-8 file; RunFileError (naming the file, ending with remedy) if it is not UTF-8 or not
+    JSON. OSError (missing, unreadable) goes through."""
+    path = Path(path)
+    blob = path.read_bytes()
+    try:
+        return json.loads(blob.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        problem = f"not UTF-8 text (byte {error.start})"
+    except json.JSONDecodeError as error:
+        problem = f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
+    raise RunFileError(f"{path} is unreadable, {problem}: it is truncated, corrupt, or not the {what} this program "
+                       f"writes. {remedy}")
+
+
+# What torch's C++ writer says when a write fails: it raises RuntimeError, not OSError, for a full disk.
+_WRITE_FAILED = ("PytorchStreamWriter failed", "file write failed", "unexpected pos", "iostream error",
+                 "inline_container")
+NEARLY_FULL = 1 << 20  # free bytes below which a failed write is put down to a full filesystem
+
+
+def _drop_tracebacks(error: BaseException | None) -> None:
+    """Drop the tracebacks of error and of the errors it was raised from or during: torch's frames in them hold
+    its writer, whose open file would keep the space of the removed temporary file in use for as long as the
+    error is kept."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+
+
 def save(obj: dict, path: str | Path) -> None:
-    """torch.save, atomically."""
+    """torch.save, atomically. A write that fails (torch raises RuntimeError for a full disk) is an OSError: ENOSPC
+    when the filesystem is full, EIO otherwise; the file already at ``path`` is left as it was."""
+    path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as error:
+            try:  # the temporary file still takes its space here
+                stats = os.statvfs(tmp.parent)
+                full = stats.f_bavail * stats.f_frsize < NEARLY_FULL
+            except OSError:
+                full = False
+            if not full and not any(marker in str(error) for marker in _WRITE_FAILED):
+                raise
+            _drop_tracebacks(error)
+            if full:
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (torch could not write the checkpoint: "
+                              f"{describe(error)})", str(path)) from error
+            raise OSError(errno.EIO, f"torch could not write the checkpoint ({describe(error)}): the disk may be "
+                          "full, over quota or failing", str(path)) from error
+
+
+_TEMPORARY = re.compile(r"\..+\.tmp([0-9]+)")
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid is a live process on this machine (or not one to judge: 0, or this process)."""
+    if pid <= 0 or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process (OverflowError: above any process id)
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | Path, min_age_s: float = 0.0) -> list[Path]:
+    """Remove the temporary files ``.NAME.tmpPID`` (see atomic_path) under directory, recursively, that a process
+    killed before its rename left: those whose PID is not a live process on this machine (and, with min_age_s,
+    not modified for that long). Returns the removed paths; a missing directory has none."""
+    removed = []
+    now = time.time()
+    for root, _, names in os.walk(directory):
+        for name in names:
+            match = _TEMPORARY.fullmatch(name)
+            path = Path(root) / name
+            if not match or _alive(int(match.group(1))):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_symlink() or not path.is_file() or now - path.stat().st_mtime < min_age_s:
+                    continue
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """torch.load with weights_only=True; a clear CheckpointError for a missing, corrupt or unsafe file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file: the path names a folder where "
+                              "train.py writes a checkpoint file. Give the run directory train.py wrote (its "
+                              f"checkpoints are files such as q1/cvae.pt), or move that directory away.")
     if not path.is_file():
+        if path.exists():
+            raise CheckpointError(f"checkpoint {path} is not a regular file. Give the run directory train.py "
+                                  "wrote, or re-run training.")
         raise CheckpointError(f"checkpoint {path} does not exist: the run is unfinished, or the file was "
                               "moved or deleted. Give the directory train.py wrote, or re-run training.")
     try:

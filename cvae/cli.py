@@ -5,21 +5,29 @@ from every process that has something of its own to say, and from rank 0 for wha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 import torch
 
 from . import distributed
-from .checkpoints import CheckpointError
+from .checkpoints import CheckpointError, RunFileError
+from .config import MAX_AR_WINDOW, MAX_EPOCHS, MAX_SEED
 from .data import DataError
 from .distributed import DistributedError
+from .quadrants import IMAGE_SIDE
 from .training import NonFiniteLoss, TrainingInterrupted
 
 EXIT_USAGE = 2  # bad input: nothing was changed
 EXIT_FAILED = 1  # the run itself failed (e.g. a non-finite loss)
 EXIT_INTERRUPTED = 130
+SEED_LIMIT = MAX_SEED + 1  # seeds are 0 .. 2^32 - 1: every generator seed built from one stays far inside 64 bits
+# what an allocation that failed says: torch on the CPU and on CUDA (torch.cuda.OutOfMemoryError), MPS
+_OUT_OF_MEMORY_MARKERS = ("out of memory", "can't allocate memory", "Cannot allocate memory")
 
 
 class UserError(Exception):
@@ -39,6 +47,32 @@ def _integer(text: str, what: str, minimum: int) -> int:
 
 def positive_int(what: str) -> Callable[[str], int]:
     return lambda text: _integer(text, what, 1)
+
+
+def seed(text: str) -> int:
+    """--seed: 0 .. 2^32 - 1. Generators are seeded with seed * 1_000_003 + epoch (the data order), seed * 10 + k
+    (initial weights), seed + r * 1_000_003 (noise, evaluation blocks): all stay far below torch's 2^64."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid: --seed must be an integer from 0 to {SEED_LIMIT - 1} (2^32 - 1), so that the "
+            "generator seeds built from it (seed * 1000003 + epoch, seed * 10 + k) stay within the random "
+            f"generator's 64-bit range. A seed from the clock fits as $(( $(date +%s) % {SEED_LIMIT} )).")
+    return value
+
+
+def epochs(text: str) -> int:
+    """--epochs: 1 .. MAX_EPOCHS."""
+    value = _integer(text, "--epochs", 1)
+    if value > MAX_EPOCHS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid: --epochs must be at most {MAX_EPOCHS}: the data order of epoch e is drawn "
+            "with the seed seed * 1000003 + e, so more epochs would repeat the orders of the next --seed (early "
+            "stopping ends a run long before, see --patience).")
+    return value
 
 
 def non_negative_int(what: str) -> Callable[[str], int]:
@@ -80,6 +114,11 @@ def odd_window(what: str) -> Callable[[str], int]:
         if not (text.isdecimal() and (int(text) == 0 or int(text) % 2 == 1)):
             raise argparse.ArgumentTypeError(f"{what} {text!r} is not valid: give an odd width such as 5, or 0 for "
                                              "every earlier pixel.")
+        if int(text) > MAX_AR_WINDOW:
+            raise argparse.ArgumentTypeError(
+                f"{what} {text!r} is not valid: give an odd width of at most {MAX_AR_WINDOW} (a window of "
+                f"{MAX_AR_WINDOW} already covers the whole {IMAGE_SIDE}x{IMAGE_SIDE} image), or 0 for every "
+                "earlier pixel.")
         return int(text)
     return parse
 
@@ -141,15 +180,54 @@ def lost_peer_message(error: RuntimeError) -> str:
             f"continues with: {distributed.command('train.py')} --resume RUN_DIR")
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether error is an allocation that failed (MemoryError, or torch's RuntimeError on any device)."""
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and any(marker in str(error) for marker in _OUT_OF_MEMORY_MARKERS))
+
+
+def out_of_memory_message(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = re.sub(r"^\[enforce fail at [^\]]*\]\s*(data\.\s*)?", "", lines[0]) if lines else type(error).__name__
+    cause = cause if len(cause) <= 200 else cause[:200] + " [...]"
+    return (f"error: out of memory ({cause.rstrip('. ')}). Lower what sets the size of the job: --batch-size, "
+            "--hidden, --z-dim or --iw-samples for training (in a new run: --resume keeps a run's values), "
+            "--num-samples or --test-subset for an evaluation; or free memory, or use a device with more. Files "
+            "already written are intact (each is written to a temporary file and renamed into place).")
+
+
+def _raise_keyboard_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a batch system's stop, torchrun stopping its workers) is met like Ctrl-C: the same message
+    and status instead of a silent death. Inside the training loop both only set its stop flag."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run(main: Callable[[], int]) -> int:
     """Call main(); turn the failures a user can cause or meet into a message and an exit status; leave
     the process group (under torchrun) at the end."""
+    for stream in (sys.stdout, sys.stderr):  # "±" on a console whose locale cannot show it: escaped, no traceback
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     try:
-        return main()
+        with _sigterm_as_interrupt():
+            return main()
     except (UserError, DistributedError) as error:
         _say(f"error: {error}")
         return EXIT_USAGE
-    except (DataError, CheckpointError) as error:
+    except (DataError, CheckpointError, RunFileError) as error:
         _say(f"error: {error}", every_process=True)
         return EXIT_USAGE
     except TrainingInterrupted as stopped:
@@ -159,6 +237,9 @@ def run(main: Callable[[], int]) -> int:
         _say("\ninterrupted. Every file already written is complete (each is written to a temporary "
              "file and renamed into place); run the command again to redo what was left.")
         return EXIT_INTERRUPTED
+    except MemoryError as error:
+        _say(out_of_memory_message(error), every_process=True)
+        return EXIT_FAILED
     except NonFiniteLoss as error:
         _say(f"error: {error}")
         return EXIT_FAILED
@@ -169,9 +250,12 @@ def run(main: Callable[[], int]) -> int:
              "an interrupted training run).", every_process=True)
         return EXIT_FAILED
     except RuntimeError as error:
-        if not distributed.lost_peer(error):
+        if distributed.lost_peer(error):
+            _say(lost_peer_message(error), every_process=True)
+        elif out_of_memory(error):
+            _say(out_of_memory_message(error), every_process=True)
+        else:
             raise
-        _say(lost_peer_message(error), every_process=True)
         return EXIT_FAILED
     finally:
         distributed.shutdown()

@@ -3,7 +3,6 @@ over seeds next to the per-image standard error) and paired NN-vs-CVAE differenc
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,7 +11,11 @@ import scipy.stats
 import torch
 
 from . import checkpoints
-from .config import RunConfig
+from .checkpoints import RunFileError
+from .config import PRESETS, RunConfig, read_run_config
+from .evaluation import ROW_NAMES
+from .likelihoods import PIXEL_LIKELIHOODS
+from .objectives import RUN_OBJECTIVES
 from .report import table_header
 
 # Published negative CLLs (nats) for 1 / 2 / 3 input quadrants (shared/REFERENCE.md), shown beside ours.
@@ -59,16 +62,147 @@ def paired_difference(a: torch.Tensor, b: torch.Tensor, confidence: float = 0.95
             "confidence": confidence, "n": n}
 
 
+class ComparisonError(ValueError):
+    """Runs that cannot go into one table: the same run twice, or runs measured differently."""
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _results_problem(results: object) -> str | None:
+    """What is wrong with a results.json's content (None: nothing)."""
+    if not isinstance(results, dict):
+        return f"holds a {type(results).__name__}, expected an object"
+    required = {"dataset": lambda v: isinstance(v, str), "protocol": lambda v: v in ("grayscale", "binarized"),
+                "num_samples": lambda v: _number(v) and v == int(v) and v > 0,
+                "test_examples": lambda v: _number(v) and v == int(v) and v > 0}
+    optional = {"likelihood": lambda v: v in PIXEL_LIKELIHOODS, "objective": lambda v: v in RUN_OBJECTIVES,
+                "preset": lambda v: v in PRESETS, "seed": lambda v: _number(v) and v == int(v) and v >= 0,
+                "alpha": _number}
+    for key in required:
+        if key not in results:
+            return f'has no "{key}"'
+    for key, accept in (required | optional).items():
+        if key in results and not (_hashable(results[key]) and accept(results[key])):
+            return f'has "{key}" {results[key]!r}, which is not a value evaluate.py writes'
+    settings = [key for key in results if key.isdigit()]
+    if not settings:
+        return 'has no results of any setting (keys "1", "2", "3")'
+    for k in settings:
+        if k not in ("1", "2", "3") or not isinstance(results[k], dict):
+            return f'has "{k}" {results[k]!r}, expected the results of 1, 2 or 3 input quadrants'
+        for row in ROW_NAMES:
+            cell = results[k].get(row)
+            if not isinstance(cell, dict) or not all(_number(cell.get(stat)) for stat in ("mean", "sem")):
+                return f'has "{k}": "{row}" {cell!r}, expected {{"mean": number, "sem": number}}'
+    return None
+
+
+def _hashable(value: object) -> bool:
+    return isinstance(value, str | int | float | bool) or value is None
+
+
+# results.json fields that repeat the run's configuration: they must agree with its config.json
+_REPEATED = {"dataset": "dataset", "likelihood": "likelihood", "objective": "objective", "seed": "seed",
+             "preset": "preset"}
+
+
 def load_runs(run_dirs: list[Path]) -> list[dict]:
-    """results.json of each evaluated run, with its directory under "run_dir"."""
+    """results.json of each evaluated run, with its directory under "run_dir" and its configuration under
+    "config". Both files are checked (RunFileError names the file and what is wrong with it); a missing one is a
+    FileNotFoundError saying what to do."""
     runs = []
     for run_dir in run_dirs:
-        path = Path(run_dir) / "results.json"
+        config_path, path = Path(run_dir) / "config.json", Path(run_dir) / "results.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run directory (it has no config.json). Give the directories "
+                                    "that train.py --out wrote.")
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: evaluate the run first (python evaluate.py {run_dir}).")
-        config = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-        runs.append(json.loads(path.read_text()) | {"run_dir": str(run_dir), "config": config})
+        config = read_run_config(config_path)["config"]
+        results = checkpoints.read_json(path, "results.json", f"Re-evaluate the run: python evaluate.py {run_dir}")
+        problem = _results_problem(results)
+        if problem is None:
+            wrong = [f'"{key}" {results[key]!r} where config.json has {config[name]!r}'
+                     for key, name in _REPEATED.items() if key in results and results[key] != config[name]]
+            if results["protocol"] != RunConfig.from_dict(config).protocol:
+                wrong.append(f'"protocol" {results["protocol"]!r} where config.json has "binarize" '
+                             f"{config['binarize']!r}")
+            if wrong:
+                problem = f"is from another run than its config.json ({', '.join(wrong)})"
+        if problem:
+            raise RunFileError(f"{path} {problem}: it is not the results.json evaluate.py writes for this run "
+                               f"(corrupt, copied from another run, or edited). Re-evaluate the run: "
+                               f"python evaluate.py {run_dir}")
+        runs.append(results | {"run_dir": str(run_dir), "config": config})
     return runs
+
+
+# results.json fields that say how a run was measured: every run of one table must share them
+PROTOCOL = ("dataset", "protocol", "likelihood", "test_examples", "num_samples")
+# configuration fields that may differ between the seeds of one cell (where the data are, which settings, the
+# default S of evaluation: S itself is checked in PROTOCOL)
+SEED_ONLY = {"seed", "data_dir", "quadrants", "num_samples"}
+
+
+def _measured(run: dict, field: str) -> object:
+    return run.get(field, "bernoulli") if field == "likelihood" else run[field]
+
+
+def _same_training(a: dict, b: dict) -> bool:
+    """Whether two runs trained the same thing: the same configuration and seed, and a setting in common."""
+    ignored = {"data_dir", "quadrants", "num_samples"}
+    return ({k: v for k, v in a["config"].items() if k not in ignored}
+            == {k: v for k, v in b["config"].items() if k not in ignored}
+            and bool(set(a["config"]["quadrants"]) & set(b["config"]["quadrants"])))
+
+
+def check_comparable(runs: list[dict], ablation: bool = False) -> None:
+    """Refuse (ComparisonError) what one table cannot hold: the same run twice (one directory given twice, or two
+    runs of the same seed and configuration), runs measured differently (PROTOCOL), and, in the paper's table
+    (not ablation), runs of one row that differ in more than their seed."""
+    first: dict[Path, dict] = {}
+    for run in runs:
+        where = Path(run["run_dir"]).resolve()
+        if where in first:
+            raise ComparisonError(
+                f"{first[where]['run_dir']} and {run['run_dir']} are the same run ({where}): it would count twice. "
+                "Give each run once.")
+        first[where] = run
+    for i, a in enumerate(runs):
+        for b in runs[i + 1:]:
+            if _same_training(a, b):
+                raise ComparisonError(
+                    f"{a['run_dir']} and {b['run_dir']} are the same run: seed {a['config']['seed']} and the same "
+                    "configuration (one is a copy of the other, or the same command was run twice), so it would count "
+                    "as two seeds. Give one of them, and runs of other seeds (train.py --seed).")
+    for field in PROTOCOL:
+        values: dict = {}
+        for run in runs:
+            values.setdefault(_measured(run, field), []).append(run["run_dir"])
+        if len(values) > 1:
+            (v1, dirs1), (v2, dirs2) = list(values.items())[:2]
+            raise ComparisonError(
+                f"the runs were not measured alike: {field} is {v1!r} in {', '.join(dirs1)} but {v2!r} in "
+                f"{', '.join(dirs2)}. A table compares numbers measured the same way (data set, targets, likelihood, "
+                "test images and S): give runs that share them (re-evaluate with python evaluate.py RUN_DIR "
+                "--num-samples S --test-subset N where they differ in S or test images), or make one table each.")
+    if ablation:
+        return
+    for name in FAMILIES:
+        members = [run for run in runs if family(run) == name]
+        for run in members[1:]:
+            a = members[0]
+            differ = [key for key in sorted(set(a["config"]) | set(run["config"]))
+                      if key not in SEED_ONLY and a["config"].get(key) != run["config"].get(key)]
+            if differ:
+                key = differ[0]
+                raise ComparisonError(
+                    f"{a['run_dir']} and {run['run_dir']} both fill the {name} rows but differ in {key} "
+                    f"({a['config'].get(key)!r} and {run['config'].get(key)!r}): a cell averages the seeds of one "
+                    "configuration. Give runs that differ only in their seed, or compare these with --ablation (one "
+                    "row per run).")
 
 
 def _cell(runs: list[dict], setting: str, key: str) -> str:
@@ -160,7 +294,13 @@ def paired_table(runs: list[dict], confidence: float = 0.95) -> str:
         if family(run) not in ("cvae", "strong"):
             continue
         for k in sorted(key for key in run if key.isdigit()):
-            values = checkpoints.load(Path(run["run_dir"]) / f"q{k}" / "per_image.pt")
+            path = Path(run["run_dir"]) / f"q{k}" / "per_image.pt"
+            values = checkpoints.load(path)
+            if not all(isinstance(values.get(key), torch.Tensor) and values[key].shape == (run["test_examples"],)
+                       for key in ("nn", "cvae_is")):
+                raise checkpoints.CheckpointError(
+                    f"{path} does not hold the per-image values of its results.json (\"nn\" and \"cvae_is\", "
+                    f"{run['test_examples']} each). Re-evaluate the run: python evaluate.py {run['run_dir']}")
             d = paired_difference(values["nn"], values["cvae_is"], confidence)
             p_value = f"{d['p_value']:.1e}" if d["p_value"] > 0 else "< 1e-300"  # 0.0: below float range
             lines.append(f"| `{run['run_dir']}` | {k} | {d['mean']:.2f} | [{d['ci_low']:.2f}, {d['ci_high']:.2f}] "

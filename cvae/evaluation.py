@@ -48,9 +48,10 @@ def per_image_cll(
         xb, yb = x[start:start + BLOCK], y[start:start + BLOCK]
         with torch.inference_mode():
             parts["nn"].append(-baseline.log_likelihood(xb, yb))
-        parts["cvae_elbo"].append(negative_elbo(cvae, xb, yb, num_samples, generator))
-        parts["cvae_mc"].append(cll_monte_carlo(cvae, xb, yb, num_samples, generator))
-        parts["cvae_is"].append(cll_importance(cvae, xb, yb, num_samples, generator))
+        # each estimate shows a bar of its own when S is large enough for one block to take long
+        parts["cvae_elbo"].append(negative_elbo(cvae, xb, yb, num_samples, generator, progress))
+        parts["cvae_mc"].append(cll_monte_carlo(cvae, xb, yb, num_samples, generator, progress))
+        parts["cvae_is"].append(cll_importance(cvae, xb, yb, num_samples, generator, progress))
     values = {key: torch.cat(chunks).double().cpu() for key, chunks in parts.items()}
     values["gap"] = values["nn"] - values["cvae_is"]
     return values

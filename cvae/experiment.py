@@ -13,7 +13,9 @@ Under torchrun every process trains and evaluates its share (``cvae.distributed`
 
 from __future__ import annotations
 
-import json
+import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +23,14 @@ from pathlib import Path
 import torch
 
 from . import checkpoints, distributed, figures, report
+from .checkpoints import RunFileError
 from .cli import UserError
-from .config import RunConfig
+from .config import RunConfig, read_run_config
 from .data import Splits
 from .evaluation import sharded_per_image_cll, summarize
 from .likelihoods import by_name
 from .models import CVAE, BaselineNet, build_model
-from .quadrants import QuadrantTask
+from .quadrants import NUM_PIXELS, QuadrantTask
 from .regressor import Regressor
 from .training import FitSettings, StopFlag, train_loop
 
@@ -86,6 +89,68 @@ def fit_settings(config: RunConfig) -> FitSettings:
                        config.objective, config.alpha, config.iw_samples, config.lr_decay)
 
 
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Remove the temporary files (``checkpoints.atomic_path``) that a killed job left in a run directory: with
+    the run's lock held (``run_lock``), no other job is writing there. Rank 0 only; a note when there were any."""
+    if not distributed.is_main():
+        return
+    removed = checkpoints.remove_stale_temporaries(run_dir)
+    if removed:
+        print(f"note: removed {len(removed)} temporary file(s) that a killed job left in {run_dir}: "
+              f"{', '.join(str(path.relative_to(run_dir)) for path in removed)}", file=sys.stderr)
+
+
+def parameter_counts(config: RunConfig, k: int) -> tuple[int, int]:
+    """(the baseline's, the CVAE's trainable) parameter counts for setting k, counted from the configuration
+    without building the networks, so that sizes that cannot fit are refused before anything is allocated."""
+    def mlp(sizes: list[int]) -> int:
+        return sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+
+    y_dim, hidden, z_dim = QuadrantTask(k).num_output_pixels, list(config.hidden), config.z_dim
+    outputs = by_name(config.likelihood).num_params * y_dim
+    gaussian = mlp([NUM_PIXELS, *hidden, 2 * z_dim])  # the recognition net (whole image) and the prior (x filled)
+    generation = (z_dim + NUM_PIXELS + 1) * hidden[0] + mlp([*hidden, outputs])  # first layer split: z, x filled
+    autoregression = y_dim * NUM_PIXELS if config.autoregressive else 0
+    return mlp([NUM_PIXELS, *hidden, outputs]), 2 * gaussian + generation + autoregression
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """The memory of a device (a CPU's or MPS's: the machine's RAM), or None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_memory(config: RunConfig, device: torch.device, batch: int = 0) -> None:
+    """A UserError when training this configuration cannot fit in the device's memory, by a lower bound: the
+    CVAE's trainable parameters four times over (weights, gradients, Adam's two moments) and the frozen
+    baseline's twice, float32; with batch (the training images per step, once the data is loaded), also the
+    samples of z of one step and the generation net's first layer on them. Under torchrun on the CPU the
+    processes of this machine share its memory."""
+    total = memory_bytes(device)
+    if total is None:
+        return
+    baseline, cvae = max(parameter_counts(config, k) for k in config.quadrants)
+    samples = config.iw_samples if config.objective == "iwae" else 1
+    per_process = math.ceil(batch / distributed.world_size())
+    needed = 4 * (4 * cvae + 2 * baseline + per_process * samples * (config.z_dim + config.hidden[0]))
+    if device.type != "cuda":
+        needed *= int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if distributed.active() else 1
+    if needed <= total:
+        return
+    hidden = ",".join(map(str, config.hidden))
+    step = (f", and one step's {per_process * samples:,} samples of z (--batch-size {config.batch_size}"
+            + (f" x --iw-samples {config.iw_samples}" if samples > 1 else "") + ")") if batch else ""
+    raise UserError(
+        f"--hidden {hidden} and --z-dim {config.z_dim} make a CVAE of {cvae:,} trainable parameters{step}: "
+        f"training needs at least {needed / 2 ** 30:,.1f} GiB (float32 weights, gradients and Adam's two "
+        f"moments), more than the {total / 2 ** 30:,.1f} GiB of memory of {device}. Lower --hidden or --z-dim"
+        + (" (or --batch-size, --iw-samples)" if batch else "") + ".")
+
+
 def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, device: torch.device,
                   stop: StopFlag | None = None, progress: bool = True) -> dict[str, list[dict]]:
     """Train the baseline, then the CVAE on top of its best checkpoint, for k input quadrants.
@@ -122,12 +187,9 @@ def read_run(run_dir: Path) -> dict:
         raise UserError(f"{run_dir} is not a run directory (it has no config.json). Give the "
                             "directory that train.py --out wrote.")
     try:
-        saved = json.loads(path.read_text())
-        RunConfig.from_dict(saved["config"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{path} is unreadable ({error}); it was not written by train.py "
-                            "or has been edited. Start a new run with --out.") from None
-    return saved
+        return read_run_config(path)
+    except RunFileError as error:
+        raise UserError(str(error)) from None
 
 
 def load_model(path: Path, kind: str, k: int, config: RunConfig,
@@ -182,7 +244,9 @@ def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch
         figures.sample_grid(baseline, cvae, xs, ys, Path(run_dir) / f"samples_q{k}.png",
                             seed=config.seed, title=f"{k} input quadrant{'s' if k > 1 else ''}")
         if paths.history.exists():
-            histories[str(k)] = json.loads(paths.history.read_text())
+            histories[str(k)] = checkpoints.read_json(
+                paths.history, "history.json",
+                "Delete it to evaluate without its training curves, or restore it from a copy of the run.")
     if not distributed.is_main():
         return results, ""
     if histories:

@@ -1,12 +1,13 @@
-"""Tables of results: results.json, results.csv and results.md in a run directory (written atomically)."""
+"""Tables of results: results.json, results.csv and results.md in a run directory (UTF-8, replaced as one unit)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
-from .checkpoints import write_json, write_text
+from .checkpoints import write_texts
 from .evaluation import ROW_NAMES
 
 RECOGNITION_ROWS = ("cvae_elbo", "cvae_is", "gap")  # meaningless for a GSNN, whose recognition net is untrained
@@ -51,15 +52,16 @@ def markdown_table(results: dict) -> str:
 
 
 def write_results(run_dir: Path, results: dict) -> str:
-    """Write results.json, results.csv and results.md into run_dir; return the markdown table."""
-    write_json(run_dir / "results.json", results)
+    """Write results.json, results.csv and results.md into run_dir, as UTF-8 and as one unit: the three texts
+    are made first, then written to temporary files, and renamed into place only when all three are written (if
+    anything fails, none of the old files is replaced). Returns the markdown table."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["row", "setting", "mean", "sem"])
     for key in ROW_NAMES:
         for k in _settings(results):
             writer.writerow([key, k, f"{results[k][key]['mean']:.6f}", f"{results[k][key]['sem']:.6f}"])
-    write_text(run_dir / "results.csv", buffer.getvalue())
     table = markdown_table(results)
-    write_text(run_dir / "results.md", table)
+    write_texts({run_dir / "results.json": json.dumps(results, indent=2) + "\n",
+                 run_dir / "results.csv": buffer.getvalue(), run_dir / "results.md": table})
     return table

@@ -59,15 +59,17 @@ class StopFlag:
 
 @contextmanager
 def stop_on_signals(stop: StopFlag) -> Iterator[StopFlag]:
-    """Inside, SIGINT and SIGTERM set ``stop`` (the loop then saves its state and stops); after, the default
-    handlers are back."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    """Inside, SIGINT and SIGTERM set ``stop`` (the loop then saves its state and stops); after, the handlers
+    from before are back (the defaults, or the scripts' own: ``cli.run`` meets SIGTERM like Ctrl-C)."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in before:
         signal.signal(signum, stop)
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum, handler in before.items():  # None: set outside Python, not restorable; the default then
+            signal.signal(signum, handler if handler is not None else
+                          signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
 
 @dataclass
