@@ -77,7 +77,7 @@ PLAIN_FIT = {"kl_warmup": 0, "lr_halving": 0}  # the fit tests pin the paper's p
 QUADRATURE_CASES = {
     "bernoulli": (likelihoods.Bernoulli, False, 1, 8.0),
     "gaussian": (likelihoods.Gaussian, False, 1, 1.5),
-    "continuous-bernoulli": (likelihoods.ContinuousBernoulli, False, 1, 8.0),
+    "continuous-bernoulli": (lambda: likelihoods.ContinuousBernoulli(max_logit=None), False, 1, 8.0),
     "gaussian-with-regressor-baseline": (likelihoods.Gaussian, True, 1, 3.0),
     "bernoulli-with-mixture-prior": (likelihoods.Bernoulli, False, MIXTURE, 4.0),
 }

@@ -52,7 +52,8 @@ def log_c_reference(logits: torch.Tensor) -> torch.Tensor:
 def density(logit: float):
     """p(y | l) of the continuous Bernoulli as a float -> float function, in float64."""
     params = torch.tensor([logit], dtype=torch.float64)
-    return lambda y: math.exp(ContinuousBernoulli().log_prob(params, torch.tensor([y], dtype=torch.float64)))
+    likelihood = ContinuousBernoulli(max_logit=None)
+    return lambda y: math.exp(likelihood.log_prob(params, torch.tensor([y], dtype=torch.float64)))
 
 
 def continuous_bernoulli_cdf(logit: float):
@@ -119,7 +120,7 @@ def test_continuous_bernoulli_log_prob_matches_torch_distributions(dtype):
     logits[0, 0, :3] = torch.tensor([0.0, 0.05, -0.2], dtype=dtype)  # the series region as well
     y = torch.rand(N, D, generator=gen(1), dtype=dtype)
     expected = td.ContinuousBernoulli(logits=logits.double()).log_prob(y.double()).sum(-1)
-    got = ContinuousBernoulli().log_prob(logits, y)
+    got = ContinuousBernoulli(max_logit=None).log_prob(logits, y)
     assert got.shape == (S, N) and got.dtype == dtype
     torch.testing.assert_close(got.double(), expected, rtol=1e-9 if dtype == torch.float64 else 2e-5, atol=1e-9
                                if dtype == torch.float64 else 2e-5)
@@ -166,7 +167,7 @@ def test_log_prob_gradient_at_zero_logit():
     """d/dl [y l - softplus(l) + log C(l)] = y - sigmoid(l) + d log C / dl = y - 1/2 at l = 0 (log C is even)."""
     logits = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
     y = torch.tensor([[0.0, 0.3, 1.0]], dtype=torch.float64)
-    ContinuousBernoulli().log_prob(logits, y).sum().backward()
+    ContinuousBernoulli(max_logit=None).log_prob(logits, y).sum().backward()
     torch.testing.assert_close(logits.grad, y - 0.5)
 
 
@@ -180,7 +181,7 @@ def test_density_integrates_to_one(logit):
 def test_mean_matches_quadrature(logit):
     p = density(logit)
     expected, _ = scipy.integrate.quad(lambda y: y * p(y), 0.0, 1.0, epsabs=1e-13, epsrel=1e-12)
-    got = ContinuousBernoulli().mean(torch.tensor([logit], dtype=torch.float64)).item()
+    got = ContinuousBernoulli(max_logit=None).mean(torch.tensor([logit], dtype=torch.float64)).item()
     assert got == pytest.approx(expected, abs=1e-10)
 
 
@@ -188,7 +189,7 @@ def test_mean_matches_torch_distributions_away_from_zero():
     # (not beyond |l| ~ 30: there torch's 2 artanh(1 - 2 lambda) rounds to inf and its mean to lambda)
     logits = torch.tensor([-12.0, -5.0, -1.5, -0.5, 0.5, 1.2, 4.0, 12.0], dtype=torch.float64)
     expected = td.ContinuousBernoulli(logits=logits).mean
-    torch.testing.assert_close(ContinuousBernoulli().mean(logits), expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(ContinuousBernoulli(max_logit=None).mean(logits), expected, rtol=1e-12, atol=0)
 
 
 def test_mean_in_float32_near_zero_and_far_from_it():
@@ -213,7 +214,7 @@ SAMPLE_LOGITS = [0.0, 1e-5, -0.7, 2.5, -8.0]
 def test_samples_have_the_right_mean_and_distribution():
     n = 20_000
     logits = torch.tensor(SAMPLE_LOGITS, dtype=torch.float64).expand(n, -1)
-    likelihood = ContinuousBernoulli()
+    likelihood = ContinuousBernoulli(max_logit=None)
     samples = likelihood.sample(logits, generator=gen(7))
     assert samples.shape == (n, len(SAMPLE_LOGITS)) and samples.dtype == torch.float64
     assert ((samples >= 0) & (samples <= 1)).all()
@@ -238,7 +239,7 @@ def test_samples_are_reproducible_and_use_only_the_generator(likelihood):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_samples_stay_in_the_support_at_extreme_logits(dtype):
     logits = torch.tensor([0.0, 1e-30, -1e-30, 1e-7, 100.0, -100.0, 1e4, -1e4], dtype=dtype).expand(5000, -1)
-    samples = ContinuousBernoulli().sample(logits, generator=gen(5))
+    samples = ContinuousBernoulli(max_logit=None).sample(logits, generator=gen(5))
     assert torch.isfinite(samples).all() and ((samples >= 0) & (samples <= 1)).all()
     # at |l| = 1e4 the mass is within about 1e-4 * log(1/u) of the end
     assert samples[:, 6].min() > 0.99 and samples[:, 7].max() < 0.01
@@ -351,10 +352,10 @@ def test_configs_and_reprs():
     assert Gaussian().config() == {"name": "gaussian", "scale": None}
     assert Gaussian(scale=0.1).config() == {"name": "gaussian", "scale": 0.1}
     assert Bernoulli().config() == {"name": "bernoulli"}
-    assert ContinuousBernoulli().config() == {"name": "continuous-bernoulli"}
+    assert ContinuousBernoulli().config() == {"name": "continuous-bernoulli", "max_logit": 20.0}
     assert repr(Gaussian(scale=0.1)) == "Gaussian(scale=0.1)"
     assert repr(Gaussian()) == "Gaussian(scale=None)"
-    assert repr(Bernoulli()) == "Bernoulli()" and repr(ContinuousBernoulli()) == "ContinuousBernoulli()"
+    assert repr(Bernoulli()) == "Bernoulli()" and repr(ContinuousBernoulli()) == "ContinuousBernoulli(max_logit=20.0)"
     assert Gaussian(scale=0.1) != Gaussian() and Bernoulli() != ContinuousBernoulli()
 
 
@@ -399,3 +400,25 @@ def test_log_prob_gradients_flow_to_params(likelihood):
         y = torch.rand(2, 3, generator=gen(1), dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda p: likelihood.log_prob(p, y), (params,))
     assert not likelihood.sample(params, generator=gen(2)).requires_grad
+
+
+def test_the_continuous_bernoullis_bound_maps_params_to_logits_within_it_and_keeps_the_density_normalized():
+    bounded, free = ContinuousBernoulli(max_logit=20.0), ContinuousBernoulli(max_logit=None)
+    params = torch.tensor([-1e6, -300.0, -20.0, -1.0, 0.0, 0.5, 40.0, 1e6], dtype=torch.float64)
+    logits = 20.0 * torch.tanh(params / 20.0)
+    y = torch.linspace(0, 1, 8, dtype=torch.float64)
+    for a, b in ((bounded.log_prob(params[:, None], y[:, None]), free.log_prob(logits[:, None], y[:, None])),
+                 (bounded.mean(params), free.mean(logits))):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert (logits.abs() < 20.0 + 1e-12).all()
+    # data at 0: the bounded density tops out at C(-20) (1 - sigmoid(-20)), about 20; without the bound it grows
+    at_zero = torch.zeros(1, 1, dtype=torch.float64)
+    top = bounded.log_prob(torch.tensor([[-1e9]], dtype=torch.float64), at_zero).item()
+    assert abs(top - math.log(20.0 / math.tanh(10.0))) < 1e-6
+    assert free.log_prob(torch.tensor([[-1e4]], dtype=torch.float64), at_zero).item() > top + 6  # ~log 1e4
+    density = lambda t: math.exp(bounded.log_prob(torch.tensor([[300.0]], dtype=torch.float64),  # noqa: E731
+                                                  torch.tensor([[t]], dtype=torch.float64)).item())
+    assert abs(scipy.integrate.quad(density, 0, 1, points=[0.9, 0.99])[0] - 1) < 1e-8
+    for bad in (0, -1.0, float("inf"), "20", True):
+        with pytest.raises(ValueError, match="max_logit"):
+            ContinuousBernoulli(max_logit=bad)
