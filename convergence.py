@@ -48,7 +48,7 @@ def convergence(args: argparse.Namespace, device, run_dir: Path) -> int:
     for k in args.quadrants:
         cvae = load_model(setting_paths(run_dir, k).cvae, "cvae", k, config, device)
         x, y = task_data(images, QuadrantTask(k), config.binarize, device)
-        table = estimates_versus_samples(cvae, x, y, sorted(set(args.samples)), config.seed)
+        table = estimates_versus_samples(cvae, x, y, sorted(set(args.samples)), config.seed, desc=f"q{k}")
         caption = (f"{k} input quadrant{'s' if k > 1 else ''}, the first {images.shape[0]} test images, "
                    f"{config.objective} model of {run_dir}; nats per image, mean ± standard error over images.")
         checkpoints.write_json(run_dir / f"convergence_q{k}.json", table)

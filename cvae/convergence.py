@@ -8,6 +8,7 @@ sampling fastest, while the negative ELBO only loses variance (its expectation d
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from .estimators import cll_importance, cll_monte_carlo, negative_elbo
 from .evaluation import mean_and_sem
@@ -17,16 +18,21 @@ ESTIMATORS = {"cvae_elbo": negative_elbo, "cvae_mc": cll_monte_carlo, "cvae_is":
 
 
 def estimates_versus_samples(model: CVAE, x: torch.Tensor, y: torch.Tensor, sample_counts: list[int],
-                             seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
-    """{str(S): {estimator: {"mean", "sem"}}} in nats per image, over the images x, y (N, 784)."""
+                             seed: int = 0, progress: bool = True,
+                             desc: str = "") -> dict[str, dict[str, dict[str, float]]]:
+    """{str(S): {estimator: {"mean", "sem"}}} in nats per image, over the images x, y (N, 784). A progress bar
+    (on a terminal) advances by the samples drawn, S per estimator and image."""
     model.eval()
     table = {}
-    for samples in sample_counts:
-        row = {}
-        for name, estimator in ESTIMATORS.items():
-            generator = torch.Generator(x.device).manual_seed(seed)
-            row[name] = mean_and_sem(estimator(model, x, y, samples, generator).double().cpu())
-        table[str(samples)] = row
+    with tqdm(total=len(ESTIMATORS) * sum(sample_counts), disable=None if progress else True, leave=False,
+              desc=f"{desc} samples per image", unit="S") as bar:
+        for samples in sample_counts:
+            row = {}
+            for name, estimator in ESTIMATORS.items():
+                generator = torch.Generator(x.device).manual_seed(seed)
+                row[name] = mean_and_sem(estimator(model, x, y, samples, generator, progress=False).double().cpu())
+                bar.update(samples)
+            table[str(samples)] = row
     return table
 
 

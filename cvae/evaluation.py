@@ -42,7 +42,7 @@ def per_image_cll(
     baseline.eval()
     cvae.eval()
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in KEYS}
-    for block, start in enumerate(tqdm(range(0, x.shape[0], BLOCK), disable=not progress, leave=False,
+    for block, start in enumerate(tqdm(range(0, x.shape[0], BLOCK), disable=None if progress else True, leave=False,
                                        desc=f"{desc} evaluating S={num_samples}"), start=first_block):
         generator = torch.Generator(x.device).manual_seed(seed + block * BLOCK_SEED_STRIDE)
         xb, yb = x[start:start + BLOCK], y[start:start + BLOCK]

@@ -224,7 +224,7 @@ def train_loop(
         losses = torch.empty(num_batches, device=device)
         losses[:first_step] = state["partial_losses"].to(device)[:first_step]
         model.train()
-        bar = tqdm(total=num_batches, initial=first_step, disable=not progress, leave=False,
+        bar = tqdm(total=num_batches, initial=first_step, disable=None if progress else True, leave=False,
                    desc=f"{desc} epoch {epoch + 1}/{settings.epochs}")
         checked = first_step
         for step in range(first_step, num_batches):

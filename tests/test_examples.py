@@ -90,3 +90,14 @@ def test_the_multimodal_examples_truth_is_a_normalized_density_with_separate_bra
     x, y = script.make_data(4000, seed=0)
     assert script.share_on_branch(x, y[None]) > 0.98  # the data themselves lie on the branches
     assert script.share_on_branch(x, torch.zeros(1, 4000, 2)) == 0  # the centre is on none
+
+
+def test_a_log_that_is_not_a_terminal_gets_one_plain_line_per_epoch_and_no_progress_frames(mnist_dir: Path,
+                                                                                           tmp_path: Path):
+    status, err = invoke(load_script("train").main, [*[a for a in TINY if a != "--no-progress"], "--epochs", "2",
+                                                      "--quadrants", "2", "--num-samples", "2",
+                                                      "--data-dir", str(mnist_dir), "--out", str(tmp_path / "run")])
+    assert status == 0, err
+    assert "\r" not in err and "it/s" not in err  # no tqdm frames in a redirected log
+    assert [line.split(":")[0] for line in err.splitlines() if " epoch " in line] == [
+        "q2 baseline epoch 1", "q2 baseline epoch 2", "q2 cvae epoch 1", "q2 cvae epoch 2"]
