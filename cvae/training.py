@@ -149,7 +149,7 @@ def distributed_loss(model: nn.Module, settings: FitSettings) -> DistributedData
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], settings: FitSettings) -> float:
-    """Mean training loss over a dataset (x, y[, filled]), in eval mode and with fixed noise.
+    """Mean training loss over a dataset (x, y[, y_hat]), in eval mode and with fixed noise.
 
     Under torchrun each process takes a contiguous share of the examples and the sums are all-reduced, so
     every process gets the same value (and takes the same early-stopping decision).
