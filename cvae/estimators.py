@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .conditional_vae import ConditionalVAE, Context
-from .distributions import DiagonalGaussian
+from .distributions import DiagonalGaussian, GaussianMixture
 from .inputs import check_data, check_num_samples
 from .objectives import latent_kl
 
@@ -40,7 +40,7 @@ PROGRESS_WORK = 10**7
 
 # log-weight of each sample: (model, x, y, context, posterior, prior, z) -> (chunk, N)
 LogWeight = Callable[[ConditionalVAE, torch.Tensor, torch.Tensor, Context, DiagonalGaussian,
-                      DiagonalGaussian, torch.Tensor], torch.Tensor]
+                      DiagonalGaussian | GaussianMixture, torch.Tensor], torch.Tensor]
 
 
 def _blocks(n: int, size: int) -> Iterator[slice]:

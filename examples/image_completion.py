@@ -15,7 +15,6 @@ results.md and samples.png (inputs, truth, the baseline's prediction, CVAE sampl
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from cvae import ConditionalVAE, Regressor, estimators, fit, likelihoods  # noqa: E402
+from cvae import ConditionalVAE, Regressor, estimators, evaluation, fit, likelihoods  # noqa: E402
 from cvae.data import DATASETS, load_splits  # noqa: E402
 
 HALF = 14 * 28  # pixels in the top (or bottom) 14 rows
@@ -37,8 +36,9 @@ def halves(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def mean_and_sem(values: torch.Tensor) -> str:
-    values = values.double()
-    return f"{values.mean().item():.2f} ± {values.std().item() / math.sqrt(values.numel()):.2f}"
+    """"mean ± standard error" over examples (cvae.evaluation.mean_and_sem)."""
+    summary = evaluation.mean_and_sem(values.double())
+    return f"{summary['mean']:.2f} ± {summary['sem']:.2f}"
 
 
 def sample_figure(x: torch.Tensor, y: torch.Tensor, baseline: Regressor, model: ConditionalVAE, path: Path,
