@@ -112,14 +112,14 @@ class ConditionalVAE(nn.Module):
                 with torch.no_grad():
                     y_hat = self.baseline(x)
             condition = self.combine(x, y_hat)
-        autoregressive = None if y is None or self.autoregression is None else self.autoregression(x, y)
+        autoregressive = None if y is None or self.autoregression is None else self.autoregression(x, y).to(x.dtype)
         return Context(condition, self.generation_net.prepare(condition), autoregressive)
 
     def prior(self, x: torch.Tensor, context: Context | None = None) -> DiagonalGaussian | GaussianMixture:
         """p(z|x): a Gaussian with loc, scale (N, z_dim), or a mixture with logits (N, K) and loc, scale
         (N, K, z_dim)."""
         context = context if context is not None else self.context(x)
-        out = self.prior_net(context.condition)
+        out = self.prior_net(context.condition).to(x.dtype)  # networks' outputs in x's dtype (cvae.precision)
         if self.prior_components == 1:
             return gaussian_head(out)
         k = self.prior_components
@@ -128,13 +128,13 @@ class ConditionalVAE(nn.Module):
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor) -> DiagonalGaussian:
         """q(z|x,y): loc, scale of shape (N, z_dim)."""
-        return gaussian_head(self.recognition_net(self.combine(x, y)))
+        return gaussian_head(self.recognition_net(self.combine(x, y)).to(x.dtype))
 
     def params(self, x: torch.Tensor, z: torch.Tensor, context: Context | None = None) -> torch.Tensor:
         """The generation net's output g(z, c): z (..., N, z_dim) -> (..., N, num_params * y_dim). Without an
         autoregressive term these are the parameters of p(y|x,z)."""
         context = context if context is not None else self.context(x)
-        return self.generation_net(z, context.generation_input)
+        return self.generation_net(z, context.generation_input).to(x.dtype)
 
     def log_likelihood(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
                        context: Context | None = None) -> torch.Tensor:
@@ -143,7 +143,7 @@ class ConditionalVAE(nn.Module):
         params = self.params(x, z, context)
         if self.autoregression is not None:
             term = context.autoregressive
-            params = params + (term if term is not None else self.autoregression(x, y))
+            params = params + (term if term is not None else self.autoregression(x, y).to(x.dtype))
         return self.likelihood.log_prob(params, y)
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, precision
 from .estimators import cll_importance, cll_monte_carlo, negative_elbo
 from .models import CVAE, BaselineNet
 
@@ -32,12 +32,13 @@ ROW_NAMES = {
 
 def per_image_cll(
     baseline: BaselineNet, cvae: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
-    seed: int = 0, progress: bool = True, desc: str = "", first_block: int = 0,
+    seed: int = 0, progress: bool = True, desc: str = "", first_block: int = 0, arithmetic: str = "fp32",
 ) -> dict[str, torch.Tensor]:
     """Negative CLL in nats for every test image: keys nn, cvae_elbo, cvae_mc, cvae_is, each (N,).
 
     nn is the baseline's exact -log p(y|x); the others use S = num_samples samples of z. x, y are the
-    images from block first_block on (a process's share of the test set under torchrun).
+    images from block first_block on (a process's share of the test set under torchrun). arithmetic: "fp32", or
+    "bf16" for the networks' matrix products under autocast (``cvae.precision``; the sums stay float32).
     """
     baseline.eval()
     cvae.eval()
@@ -46,12 +47,13 @@ def per_image_cll(
                                        desc=f"{desc} evaluating S={num_samples}"), start=first_block):
         generator = torch.Generator(x.device).manual_seed(seed + block * BLOCK_SEED_STRIDE)
         xb, yb = x[start:start + BLOCK], y[start:start + BLOCK]
-        with torch.inference_mode():
-            parts["nn"].append(-baseline.log_likelihood(xb, yb))
-        # each estimate shows a bar of its own when S is large enough for one block to take long
-        parts["cvae_elbo"].append(negative_elbo(cvae, xb, yb, num_samples, generator, progress))
-        parts["cvae_mc"].append(cll_monte_carlo(cvae, xb, yb, num_samples, generator, progress))
-        parts["cvae_is"].append(cll_importance(cvae, xb, yb, num_samples, generator, progress))
+        with precision.autocast(arithmetic, x.device):
+            with torch.inference_mode():
+                parts["nn"].append(-baseline.log_likelihood(xb, yb))
+            # each estimate shows a bar of its own when S is large enough for one block to take long
+            parts["cvae_elbo"].append(negative_elbo(cvae, xb, yb, num_samples, generator, progress))
+            parts["cvae_mc"].append(cll_monte_carlo(cvae, xb, yb, num_samples, generator, progress))
+            parts["cvae_is"].append(cll_importance(cvae, xb, yb, num_samples, generator, progress))
     values = {key: torch.cat(chunks).double().cpu() for key, chunks in parts.items()}
     values["gap"] = values["nn"] - values["cvae_is"]
     return values
@@ -59,18 +61,18 @@ def per_image_cll(
 
 def sharded_per_image_cll(
     baseline: BaselineNet, cvae: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
-    seed: int = 0, progress: bool = True, desc: str = "",
+    seed: int = 0, progress: bool = True, desc: str = "", arithmetic: str = "fp32",
 ) -> dict[str, torch.Tensor]:
     """``per_image_cll`` of all the images, each process of a torchrun job evaluating a contiguous share of
     the blocks, gathered on every process: the values of a single process (to floating-point tolerance).
     Without torchrun, ``per_image_cll`` itself."""
     if distributed.world_size() == 1:
-        return per_image_cll(baseline, cvae, x, y, num_samples, seed, progress, desc)
+        return per_image_cll(baseline, cvae, x, y, num_samples, seed, progress, desc, arithmetic=arithmetic)
     blocks = torch.arange(math.ceil(x.shape[0] / BLOCK)).tensor_split(distributed.world_size())[distributed.rank()]
     if blocks.numel():
         mine = slice(int(blocks[0]) * BLOCK, (int(blocks[-1]) + 1) * BLOCK)
         values = per_image_cll(baseline, cvae, x[mine], y[mine], num_samples, seed, progress, desc,
-                               first_block=int(blocks[0]))
+                               first_block=int(blocks[0]), arithmetic=arithmetic)
     else:  # fewer blocks than processes
         values = {key: torch.zeros(0, dtype=torch.float64) for key in (*KEYS, "gap")}
     return {key: distributed.gather_tensors(value) for key, value in values.items()}

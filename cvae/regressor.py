@@ -50,18 +50,19 @@ class Regressor(nn.Module):
         self.autoregression = autoregression
 
     def params(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The likelihood's parameters: f(x), plus the autoregressive term of y when there is one."""
-        params = self.net(x)
+        """The likelihood's parameters: f(x), plus the autoregressive term of y when there is one (in x's dtype also
+        under bf16 autocast, cvae.precision)."""
+        params = self.net(x).to(x.dtype)
         if self.autoregression is not None:
-            params = params + self.autoregression(x, y)
+            params = params + self.autoregression(x, y).to(x.dtype)
         return params
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The prediction y_hat = E[y|x]: (N, x_dim) -> (N, y_dim) (with an autoregressive term, each dimension's
         mean given the means of the earlier ones)."""
         if self.autoregression is None:
-            return self.likelihood.mean(self.net(x))
-        return fill_in_order(self.net(x), self.autoregression, x, self.likelihood, self.y_dim, mean=True)
+            return self.likelihood.mean(self.params(x))
+        return fill_in_order(self.net(x).to(x.dtype), self.autoregression, x, self.likelihood, self.y_dim, mean=True)
 
     def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Exact log p(y|x) summed over y's dimensions: x (N, x_dim), y (N, y_dim) -> (N,)."""
