@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cvae import precision
 from cvae.data import load_splits
 from cvae.experiment import task_data
 from cvae.models import CVAE, BaselineNet
@@ -43,15 +44,21 @@ def log(message: str) -> None:
 
 
 def machine() -> dict:
-    """The CPU model (from lscpu), core and thread counts, library versions, and the load right now."""
+    """The CPU model (from lscpu), its bf16 instructions and what --precision auto picks on it, core and thread
+    counts, library versions, and the load right now."""
     model = platform.processor() or platform.machine()
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
         model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
     except (OSError, subprocess.CalledProcessError, StopIteration):
         pass
+    vendor, flags = precision.cpu_info()
     return {
         "cpu": model,
+        "cpu_vendor": vendor,
+        "amx_bf16": "amx_bf16" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "precision_auto_on_cpu": dict(zip(("precision", "reason"), precision.cpu_choice())),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -62,7 +62,7 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from cvae import estimators
+from cvae import estimators, precision
 from cvae.fitting import predictions
 from cvae.models import CVAE, BaselineNet
 from cvae.quadrants import QuadrantTask
@@ -327,10 +327,11 @@ def main() -> None:
     ours_cvae = OurTrainer(cvae, (*train, predictions(cvae.baseline, train[0])), BATCH_SIZE)
     generator = torch.Generator(device).manual_seed(0)
 
-    def ours_evaluate(x: torch.Tensor = test[0], y: torch.Tensor = test[1]) -> None:
-        with torch.inference_mode():
-            (-baseline.log_likelihood(x, y)).mean().item()
-        estimators.cll_importance(cvae.eval(), x, y, args.num_samples, generator).mean().item()
+    def ours_evaluate(x: torch.Tensor = test[0], y: torch.Tensor = test[1], arithmetic: str = "fp32") -> None:
+        with precision.autocast(arithmetic, device):
+            with torch.inference_mode():
+                (-baseline.log_likelihood(x, y)).mean().item()
+            estimators.cll_importance(cvae.eval(), x, y, args.num_samples, generator).mean().item()
 
     peer = PeerTrainer(tutorial_view(cvae.task, *train), device)
     pipeline = tutorial_pipeline_epoch(args.quadrants, n_train)
@@ -341,6 +342,7 @@ def main() -> None:
     peer.baseline_epoch(limit=5)
     peer.cvae_epoch(limit=5)
     ours_evaluate(test[0][:64], test[1][:64])
+    ours_evaluate(test[0][:64], test[1][:64], "bf16")
     peer_test = tutorial_view(cvae.task, *test)
     peer.evaluate((peer_test[0][:64], peer_test[1][:64]), args.peer_eval_batch)
 
@@ -350,6 +352,7 @@ def main() -> None:
         "ours_cvae_epoch": ours_cvae.run,
         "peer_cvae_epoch": peer.cvae_epoch,
         "ours_evaluation": ours_evaluate,
+        "ours_evaluation_bf16": lambda: ours_evaluate(arithmetic="bf16"),
         "peer_evaluation": lambda: peer.evaluate(peer_test, args.peer_eval_batch),
         "tutorial_data_pipeline_epoch": pipeline,
     }
@@ -381,7 +384,8 @@ def main() -> None:
         epochs[name] = {"seconds": round(seconds[name], 3), "seconds_per_50000_images": round(seconds[name] * scale, 2),
                         "batches_per_s": round(steps / seconds[name], 1), "runs": [round(t, 3) for t in times[name]]}
     evaluation = {name: {"seconds": round(seconds[name], 3), "runs": [round(t, 3) for t in times[name]]}
-                  for name in ("ours_evaluation", "peer_evaluation")}
+                  for name in ("ours_evaluation", "ours_evaluation_bf16", "peer_evaluation")}
+    auto = precision.resolve("auto", device)
     pipeline_s = seconds["tutorial_data_pipeline_epoch"]
 
     def ratio(peer_s: float, ours_s: float) -> float:
@@ -397,7 +401,8 @@ def main() -> None:
         "test_images": n_test,
         "batch_size": BATCH_SIZE,
         "repeats": args.repeats,
-        "ours_evaluation": f"cll_importance S={args.num_samples} + baseline exact CLL, "
+        "ours_evaluation": f"cll_importance S={args.num_samples} + baseline exact CLL, float32 (and _bf16: the "
+                           "networks' matmuls under bf16 autocast, cvae.precision), "
                            f"MAX_ROWS={estimators.MAX_ROWS}" + (" (overridden)" if args.max_rows else ""),
         "peer_evaluation": "SVI(..., Trace_ELBO(num_particles=10)).evaluate_loss + baseline masked BCE, "
                            f"batch {args.peer_eval_batch}",
@@ -412,6 +417,9 @@ def main() -> None:
             "baseline_epoch": ratio(seconds["peer_baseline_epoch"], seconds["ours_baseline_epoch"]),
             "cvae_epoch": ratio(seconds["peer_cvae_epoch"], seconds["ours_cvae_epoch"]),
             "evaluation": ratio(seconds["peer_evaluation"], seconds["ours_evaluation"]),
+            "evaluation_bf16": ratio(seconds["peer_evaluation"], seconds["ours_evaluation_bf16"]),
+            f"evaluation_precision_auto ({auto})":
+                ratio(seconds["peer_evaluation"], seconds["ours_evaluation" + ("_bf16" if auto == "bf16" else "")]),
             "baseline_epoch_with_tutorial_data_pipeline":
                 ratio(seconds["peer_baseline_epoch"] + pipeline_s, seconds["ours_baseline_epoch"]),
             "cvae_epoch_with_tutorial_data_pipeline":
