@@ -1,10 +1,10 @@
 """Side by side in one run: this library against the peer, the Pyro 1.9.1 CVAE tutorial's models.
 
-The peer is written here with Pyro's public API after the tutorial (examples/cvae in the Pyro repository):
-the baseline MLP trained with plain PyTorch on the masked binary cross-entropy; the CVAE whose prior net sees
-x with the baseline's prediction filled in, whose generation net sees z only, and whose recognition net sees
-x with y filled in, trained with pyro.infer.SVI and Trace_ELBO, the likelihood a Bernoulli over the pixels
-that are -1 in x. Both implementations get the same data (real MNIST, the first --train-subset training
+The peer (benchmarks/pyro_tutorial.py) is written with Pyro's public API after the tutorial (examples/cvae in
+the Pyro repository): the baseline MLP trained with plain PyTorch on the masked binary cross-entropy; the CVAE
+whose prior net sees x with the baseline's prediction filled in, whose generation net sees z only, and whose
+recognition net sees x with y filled in, trained with pyro.infer.SVI and Trace_ELBO, the likelihood a Bernoulli
+over the pixels that are -1 in x. Both implementations get the same data (real MNIST, the first --train-subset training
 images in the same order, pre-built tensors), batch size 128, MLPs 500-500, z 200, Adam 1e-3.
 
 Timed, median over --repeats with the implementations interleaved (after a short warm-up):
@@ -24,7 +24,7 @@ The ratios are peer time / our time. Models are untrained: the cost does not dep
     pip install -e ".[bench]"
     python benchmarks/compare_pyro.py [--train-subset 10000] [--test-subset 10000] [--repeats 3]
 
-Prints one JSON object on stdout; progress goes to stderr. Pyro is imported only here.
+Prints one JSON object on stdout; progress goes to stderr. Pyro is imported only here and in pyro_tutorial.py.
 """
 
 from __future__ import annotations
@@ -35,12 +35,8 @@ import os
 import statistics
 from collections.abc import Callable
 
-import numpy as np
 import pyro
-import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
-import torchvision
 from common import (
     DATA_DIR,
     FLOP_RULE,
@@ -59,8 +55,8 @@ from common import (
     training_flops,
 )
 from pyro.infer import SVI, Trace_ELBO
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from pyro_tutorial import PeerBaselineNet, PeerCVAE, TutorialMNIST, masked_bce_sum
+from torch.utils.data import DataLoader, Subset
 
 from cvae import estimators, precision
 from cvae.fitting import predictions
@@ -70,104 +66,6 @@ from cvae.training import epoch_order
 
 BATCH_SIZE = 128
 FULL_EPOCH = 50_000
-
-
-# ---- the peer: the Pyro tutorial's models ------------------------------------------------------------
-
-class PeerBaselineNet(nn.Module):
-    def __init__(self, hidden_1: int = 500, hidden_2: int = 500):
-        super().__init__()
-        self.fc1 = nn.Linear(784, hidden_1)
-        self.fc2 = nn.Linear(hidden_1, hidden_2)
-        self.fc3 = nn.Linear(hidden_2, 784)
-        self.relu = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.relu(self.fc1(x.view(-1, 784)))
-        hidden = self.relu(self.fc2(hidden))
-        return torch.sigmoid(self.fc3(hidden))
-
-
-def masked_bce_sum(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The tutorial's MaskedBCELoss(reduction="sum"): BCE over the pixels that are not -1 in the target.
-
-    torch >= 2.14 rejects targets outside [0, 1], so the -1 pixels are clamped to 0 before the BCE (they
-    are zeroed right after, as in the tutorial): the same value, one extra elementwise op.
-    """
-    target = target.view(probs.shape)
-    loss = F.binary_cross_entropy(probs, target.clamp(min=0), reduction="none")
-    loss[target == -1] = 0
-    return loss.sum()
-
-
-class Encoder(nn.Module):
-    """The tutorial's prior and recognition nets: the image with y's pixels put into x's -1 pixels."""
-
-    def __init__(self, z_dim: int = 200, hidden_1: int = 500, hidden_2: int = 500):
-        super().__init__()
-        self.fc1 = nn.Linear(784, hidden_1)
-        self.fc2 = nn.Linear(hidden_1, hidden_2)
-        self.fc31 = nn.Linear(hidden_2, z_dim)
-        self.fc32 = nn.Linear(hidden_2, z_dim)
-        self.relu = nn.ReLU()
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xc = x.clone()
-        xc[x == -1] = y[x == -1]
-        hidden = self.relu(self.fc1(xc.view(-1, 784)))
-        hidden = self.relu(self.fc2(hidden))
-        return self.fc31(hidden), torch.exp(self.fc32(hidden))
-
-
-class Decoder(nn.Module):
-    """The tutorial's generation net: z only -> pixel probabilities of the whole image."""
-
-    def __init__(self, z_dim: int = 200, hidden_1: int = 500, hidden_2: int = 500):
-        super().__init__()
-        self.fc1 = nn.Linear(z_dim, hidden_1)
-        self.fc2 = nn.Linear(hidden_1, hidden_2)
-        self.fc3 = nn.Linear(hidden_2, 784)
-        self.relu = nn.ReLU()
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        y = self.relu(self.fc1(z))
-        y = self.relu(self.fc2(y))
-        return torch.sigmoid(self.fc3(y))
-
-
-class PeerCVAE(nn.Module):
-    def __init__(self, baseline_net: PeerBaselineNet, z_dim: int = 200, hidden_1: int = 500, hidden_2: int = 500):
-        super().__init__()
-        self.baseline_net = baseline_net
-        self.prior_net = Encoder(z_dim, hidden_1, hidden_2)
-        self.generation_net = Decoder(z_dim, hidden_1, hidden_2)
-        self.recognition_net = Encoder(z_dim, hidden_1, hidden_2)
-
-    def model(self, xs: torch.Tensor, ys: torch.Tensor | None = None) -> torch.Tensor:
-        pyro.module("generation_net", self)
-        batch_size = xs.shape[0]
-        with pyro.plate("data"):
-            with torch.no_grad():
-                y_hat = self.baseline_net(xs).view(xs.shape)
-            prior_loc, prior_scale = self.prior_net(xs, y_hat)
-            zs = pyro.sample("z", dist.Normal(prior_loc, prior_scale).to_event(1))
-            loc = self.generation_net(zs)
-            if ys is not None:
-                mask_loc = loc[(xs == -1).view(-1, 784)].view(batch_size, -1)
-                mask_ys = ys[xs == -1].view(batch_size, -1)
-                pyro.sample("y", dist.Bernoulli(mask_loc, validate_args=False).to_event(1), obs=mask_ys)
-            else:
-                pyro.deterministic("y", loc.detach())
-            return loc
-
-    def guide(self, xs: torch.Tensor, ys: torch.Tensor | None = None) -> None:
-        with pyro.plate("data"):
-            if ys is None:
-                y_hat = self.baseline_net(xs).view(xs.shape)
-                loc, scale = self.prior_net(xs, y_hat)
-            else:
-                loc, scale = self.recognition_net(xs, ys)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
 
 def tutorial_view(task: QuadrantTask, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,38 +127,9 @@ class PeerTrainer:
         return baseline_cll, cvae_cll
 
 
-# ---- the tutorial's data pipeline (timed apart) ---------------------------------------------------------
-
-class TutorialMNIST(Dataset):
-    """The tutorial's CVAEMNIST with its ToTensor and MaskImages transforms, item by item."""
-
-    def __init__(self, num_quadrant_inputs: int):
-        self.original = torchvision.datasets.MNIST(str(DATA_DIR), train=True, download=False)
-        self.num = num_quadrant_inputs
-
-    def __len__(self) -> int:
-        return len(self.original)
-
-    def __getitem__(self, item: int) -> dict:
-        image, digit = self.original[item]
-        sample = {"original": torchvision.transforms.functional.to_tensor(image),
-                  "digit": torch.as_tensor(np.asarray(digit), dtype=torch.int64)}
-        tensor = sample["original"].squeeze()
-        out = tensor.detach().clone()
-        h, w = tensor.shape
-        out[h // 2:, :w // 2] = -1
-        if self.num == 2:
-            out[:, :w // 2] = -1
-        if self.num == 3:
-            out[:h // 2, :] = -1
-        inp = tensor.clone()
-        inp[out != -1] = -1
-        sample["input"], sample["output"] = inp, out
-        return sample
-
-
 def tutorial_pipeline_epoch(k: int, n: int) -> Callable[[], None]:
-    loader = DataLoader(Subset(TutorialMNIST(k), range(n)), batch_size=BATCH_SIZE, shuffle=True, num_workers=0)
+    dataset = Subset(TutorialMNIST(DATA_DIR, k), range(n))
+    loader = DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=0)
 
     def epoch() -> None:
         for _ in loader:
