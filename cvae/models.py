@@ -147,9 +147,10 @@ def _from_run(run_dir: str | Path, quadrants: int, kind: str, device: str | torc
                         f"{run_dir}")
     config = RunConfig.from_dict(saved["config"])
     if k not in config.quadrants:
-        trained = " ".join(map(str, config.quadrants))
+        trained, one = " ".join(map(str, config.quadrants)), len(config.quadrants) == 1
         raise UserError(f"{run_dir} did not train the setting with {k} input quadrant{'s' if k > 1 else ''}: it "
-                        f"trained --quadrants {trained}. Use one of those, or train a run with --quadrants {k}.")
+                        f"trained {'only ' if one else ''}--quadrants {trained}. Use "
+                        f"{'that' if one else 'one of those'}, or train a run with --quadrants {k}.")
     path = getattr(setting_paths(run_dir, k), kind)
     return load_model(path, kind, k, config, torch.device(device)).eval()
 
