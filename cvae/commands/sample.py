@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quadrants", required=True, type=cli.quadrants, metavar="K",
                         help="the setting: how many quadrants of the image the model sees (1, 2 or 3; one the run "
                              "trained)")
-    parser.add_argument("-n", "--num-samples", type=cli.positive_int("-n"), default=10,
+    parser.add_argument("-n", "--num-samples", type=cli.positive_int("-n"), default=10, metavar="N",
                         help="CVAE completions to draw (default: 10)")
     parser.add_argument("--out", metavar="FILE.png",
                         help="the PNG to write (default: <image stem>_completed_q<K>.png beside the image)")
