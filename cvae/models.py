@@ -20,7 +20,7 @@ from torch import nn
 from . import likelihoods
 from .checkpoints import CHECKPOINT_DEFAULTS, CheckpointError, describe
 from .conditional_vae import ConditionalVAE
-from .quadrants import IMAGE_SIDE, NUM_PIXELS, QuadrantTask
+from .quadrants import IMAGE_SIDE, NUM_PIXELS, QuadrantTask, check_num_quadrants
 from .regressor import Regressor
 
 
@@ -95,6 +95,13 @@ class BaselineNet(Regressor):
     def checkpoint(self) -> dict:
         return model_checkpoint(self)
 
+    @classmethod
+    def from_run(cls, run_dir: str | Path, quadrants: int, device: str | torch.device = "cpu") -> BaselineNet:
+        """The baseline of a finished run (the directory train.py --out wrote) for the setting with that many input
+        quadrants: its best checkpoint (lowest validation loss), in eval mode, on the device. A UserError says why
+        when run_dir is not a finished run or did not train that setting."""
+        return _from_run(run_dir, quadrants, "baseline", device)
+
 
 class CVAE(ConditionalVAE):
     """The conditional VAE of Sohn et al. (2015) on the quadrant task, with the baseline-fed prior:
@@ -116,6 +123,36 @@ class CVAE(ConditionalVAE):
 
     def checkpoint(self) -> dict:
         return model_checkpoint(self)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, quadrants: int, device: str | torch.device = "cpu") -> CVAE:
+        """The CVAE (with its frozen baseline) of a finished run (the directory train.py --out wrote) for the
+        setting with that many input quadrants: its best checkpoint (lowest validation loss), in eval mode, on the
+        device. A UserError says why when run_dir is not a finished run or did not train that setting."""
+        return _from_run(run_dir, quadrants, "cvae", device)
+
+
+def _from_run(run_dir: str | Path, quadrants: int, kind: str, device: str | torch.device) -> BaselineNet | CVAE:
+    """The best checkpoint of kind "baseline" or "cvae" of a finished run for setting quadrants, in eval mode on
+    device (``BaselineNet.from_run``, ``CVAE.from_run``)."""
+    from .cli import UserError  # here: experiment imports this module, and runs are not the networks' concern
+    from .config import RunConfig
+    from .experiment import load_model, read_run, setting_paths
+
+    k, run_dir = check_num_quadrants(quadrants), Path(run_dir)
+    saved = read_run(run_dir)
+    if not saved.get("finished"):
+        raise UserError(f"{run_dir} has not finished training (it was interrupted, or is still running), so its "
+                        "checkpoints are not final. Continue it first with: python train.py --resume "
+                        f"{run_dir}")
+    config = RunConfig.from_dict(saved["config"])
+    if k not in config.quadrants:
+        trained, one = " ".join(map(str, config.quadrants)), len(config.quadrants) == 1
+        raise UserError(f"{run_dir} did not train the setting with {k} input quadrant{'s' if k > 1 else ''}: it "
+                        f"trained {'only ' if one else ''}--quadrants {trained}. Use "
+                        f"{'that' if one else 'one of those'}, or train a run with --quadrants {k}.")
+    path = getattr(setting_paths(run_dir, k), kind)
+    return load_model(path, kind, k, config, torch.device(device)).eval()
 
 
 def model_checkpoint(model: BaselineNet | CVAE) -> dict:

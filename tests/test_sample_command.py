@@ -1,0 +1,179 @@
+"""cvae-sohn sample on a finished tiny run (settings 1 and 2): the grid it writes, the completions it draws, the
+note on dark-on-light images, and a clear error (exit status 2, nothing written) for each bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, unchanged
+from PIL import Image
+
+from cvae import cli, figures
+from cvae.commands import sample
+from cvae.quadrants import QuadrantTask
+
+GRAY = figures.MISSING_SHADE
+
+
+def digit(dark_on_light: bool = False) -> torch.Tensor:
+    """A 28x28 digit-like image in [0, 1], on 8-bit levels so that a PNG round trip keeps it exactly."""
+    pixels = torch.zeros(28, 28)
+    pixels[6:22, 9:12] = 1.0  # a vertical stroke through the left and right quadrants' border region
+    pixels[6:9, 9:20] = 200 / 255
+    pixels[12:14, 14:20] = 90 / 255
+    return 1 - pixels if dark_on_light else pixels
+
+
+def save_png(pixels: torch.Tensor, path: Path) -> Path:
+    Image.fromarray((pixels * 255).round().to(torch.uint8).numpy(), mode="L").save(path)
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, finished_run: Path) -> Path:
+    """tmp_path with a copy of the run (run/) and a digit (digit.png)."""
+    shutil.copytree(finished_run, tmp_path / "run")
+    save_png(digit(), tmp_path / "digit.png")
+    return tmp_path
+
+
+def run_sample(argv: list[str]) -> tuple[int, str, str]:
+    """cvae-sohn sample with argv, as the command line runs it: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = cli.run(lambda: sample.main(argv))
+        except SystemExit as stop:  # argparse errors
+            status = stop.code
+    return status, out.getvalue(), err.getvalue()
+
+
+def tile(png: Path, index: int, title: bool = True) -> np.ndarray:
+    """The 28x28 gray levels (0..1) that tile index of completion_grid's PNG shows (of the first row): the centre
+    of each 3x3 square that draws a digit pixel."""
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.float32) / 255
+    top = (figures.TITLE_PIXELS if title else 0) + figures.LABEL_PIXELS
+    left = figures.GAP_PIXELS + index * (figures.TILE_PIXELS + figures.GAP_PIXELS)
+    return pixels[top + 1:top + figures.TILE_PIXELS:3, left + 1:left + figures.TILE_PIXELS:3]
+
+
+@pytest.mark.parametrize("num_samples, columns, rows", [(3, 5, 1), (11, 12, 2)])
+def test_writes_a_grid_of_the_input_the_nn_and_n_cvae_completions(workspace: Path, num_samples: int, columns: int,
+                                                                  rows: int) -> None:
+    status, out, err = run_sample([str(workspace / "run"), "--image", str(workspace / "digit.png"),
+                                   "--quadrants", "2", "-n", str(num_samples), "--device", "cpu"])
+    assert status == 0, err
+    written = workspace / "digit_completed_q2.png"
+    assert out.strip() == str(written)
+    assert "note" not in err
+    cell = figures.TILE_PIXELS + figures.GAP_PIXELS
+    assert Image.open(written).size == (
+        figures.GAP_PIXELS + columns * cell, figures.TITLE_PIXELS + rows * (figures.LABEL_PIXELS + cell))
+    # the first tile is the input as the model sees it: the left half as given, the right half gray
+    left = QuadrantTask(2).input_mask.reshape(28, 28).numpy()
+    expected = np.where(left, digit().numpy(), GRAY)
+    np.testing.assert_allclose(tile(written, 0), expected, atol=1.5 / 255)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_every_completion_keeps_the_input_quadrants_of_the_image(finished_run: Path, k: int) -> None:
+    image = digit()
+    completion = sample.complete(finished_run, image, k, num_samples=4, seed=3, device="cpu")
+    mask = QuadrantTask(k).input_mask.reshape(28, 28)
+    assert completion.input.shape == completion.nn.shape == (28, 28) and completion.cvae.shape == (4, 28, 28)
+    assert torch.equal(completion.input[mask], image[mask])
+    assert (completion.input[~mask] == -1).all()
+    for completed in (completion.nn, *completion.cvae):
+        assert torch.equal(completed[mask], image[mask])
+        assert ((completed[~mask] >= 0) & (completed[~mask] <= 1)).all()
+    # the samples are draws of z: distinct, and the same again for the same seed only
+    assert not torch.allclose(completion.cvae[0], completion.cvae[1])
+    again = sample.complete(finished_run, image, k, num_samples=4, seed=3, device="cpu")
+    other = sample.complete(finished_run, image, k, num_samples=4, seed=4, device="cpu")
+    assert torch.equal(again.cvae, completion.cvae) and torch.equal(again.nn, completion.nn)
+    assert not torch.allclose(other.cvae, completion.cvae)
+
+
+def test_dark_ink_on_light_gets_a_note_and_invert_turns_it_into_the_digit(workspace: Path) -> None:
+    save_png(digit(dark_on_light=True), workspace / "dark.png")
+    base = [str(workspace / "run"), "--image", str(workspace / "dark.png"), "--quadrants", "1", "-n", "1"]
+    status, _, err = run_sample([*base, "--out", str(workspace / "as_is.png")])
+    assert status == 0, err
+    assert "dark ink on a light background" in err and "--invert" in err
+    as_is = tile(workspace / "as_is.png", 0)
+    bottom_left = QuadrantTask(1).input_mask.reshape(28, 28).numpy()
+    np.testing.assert_allclose(as_is, np.where(bottom_left, 1 - digit().numpy(), GRAY), atol=1.5 / 255)
+
+    status, out, err = run_sample([*base, "--invert"])
+    assert status == 0, err
+    assert "note" not in err
+    assert out.strip() == str(workspace / "dark_completed_q1.png")
+    np.testing.assert_allclose(tile(workspace / "dark_completed_q1.png", 0),
+                               np.where(bottom_left, digit().numpy(), GRAY), atol=1.5 / 255)
+
+
+def _unfinished(ws: Path) -> None:
+    saved = json.loads((ws / "run" / "config.json").read_text())
+    (ws / "run" / "config.json").write_text(json.dumps(saved | {"finished": False}))
+
+
+ERROR_CASES: list[tuple[str, Callable[[Path], object], dict[str, str], tuple[str, ...]]] = [
+    # (name, prepare(workspace), arguments replaced, needles of the error)
+    ("image-missing", lambda ws: None, {"--image": "none.png"}, ("--image", "none.png does not exist")),
+    ("image-directory", lambda ws: None, {"--image": "run"}, ("--image", "is a directory")),
+    ("image-not-an-image", lambda ws: (ws / "notes.png").write_text("not a picture"), {"--image": "notes.png"},
+     ("--image", "notes.png is not an image", "PNG, JPEG")),
+    ("image-truncated", lambda ws: (ws / "cut.png").write_bytes((ws / "digit.png").read_bytes()[:60]),
+     {"--image": "cut.png"}, ("--image", "cut.png cannot be")),
+    ("image-not-28x28", lambda ws: Image.new("L", (32, 30)).save(ws / "big.png"), {"--image": "big.png"},
+     ("big.png is 32x30 pixels", "takes 28x28 digits", 'convert("L").resize((28, 28))')),
+    ("run-missing", lambda ws: None, {"RUN_DIR": "nowhere"}, ("nowhere is not a run directory", "config.json")),
+    ("run-unfinished", _unfinished, {}, ("has not finished training", "--resume")),
+    ("setting-not-trained", lambda ws: None, {"--quadrants": "3"},
+     ("did not train the setting with 3 input quadrants", "it trained --quadrants 1 2")),
+    ("quadrants-4", lambda ws: None, {"--quadrants": "4"}, ("--quadrants", "'4'", "must be 1, 2 or 3")),
+    ("n-0", lambda ws: None, {"-n": "0"}, ("-n", "'0'", "at least 1")),
+    ("n-negative", lambda ws: None, {"-n": "-2"}, ("-n", "'-2'", "at least 1")),
+    ("out-not-png", lambda ws: None, {"--out": "grid.jpg"}, ("--out", "grid.jpg does not end in .png")),
+    ("out-directory", lambda ws: (ws / "grids.png").mkdir(), {"--out": "grids.png"}, ("--out", "is a directory")),
+    ("out-is-the-image", lambda ws: None, {"--out": "digit.png"}, ("--out", "is the --image itself")),
+]
+
+
+@pytest.mark.parametrize("name, prepare, replaced, needles", ERROR_CASES, ids=[case[0] for case in ERROR_CASES])
+def test_bad_input_exits_2_naming_the_problem_and_writes_nothing(workspace: Path, name: str,
+                                                                 prepare: Callable[[Path], object],
+                                                                 replaced: dict[str, str],
+                                                                 needles: tuple[str, ...]) -> None:
+    prepare(workspace)
+    options = {"RUN_DIR": "run", "--image": "digit.png", "--quadrants": "2", "-n": "2"} | replaced
+    argv = [str(workspace / options.pop("RUN_DIR")), "--device", "cpu"]
+    for option, value in options.items():
+        argv += [option, str(workspace / value) if option in ("--image", "--out") else value]
+    with unchanged(workspace):
+        status, out, err = run_sample(argv)
+    assert status == 2, err
+    assert out == "" and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert "error: " in line, err
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+
+
+def test_the_module_runs_as_a_program_and_exits_2_on_bad_input(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "cvae.commands.sample", str(tmp_path / "run"), "--image",
+                           str(tmp_path / "digit.png"), "--quadrants", "2"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: --image" in proc.stderr and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
