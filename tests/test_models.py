@@ -1,8 +1,10 @@
 """The quadrant experiment's networks: shapes of the public API, the recurrent connection, the split generation
 layer, the autoregressive term."""
 
+import pytest
 import torch
 from torch import nn
+from torch.autograd.functional import jacobian
 
 from cvae import CVAE, BaselineNet, QuadrantTask
 from cvae.distributions import bernoulli_log_likelihood
@@ -51,23 +53,104 @@ def test_the_filled_image_keeps_the_input_pixels_and_holds_the_prediction_elsewh
     assert torch.equal(filled[:, ~mask], model.baseline(x))
 
 
-def test_the_prior_sees_the_baselines_prediction():
-    """The recurrent connection: changing the baseline changes p(z|x) (and nothing else does)."""
-    model = small()
-    x, y = data()
-    before = model.prior(x).loc.detach().clone()
+def per_example(n: int, pattern: torch.Tensor) -> torch.Tensor:
+    """The zero pattern of a Jacobian (n, rows, n, cols) whose example m depends on example m only, through
+    pattern (rows, cols): True where an output may (and must) depend on an input."""
+    return torch.eye(n, dtype=torch.bool)[:, None, :, None] & pattern[None, :, None, :]
+
+
+def depends_on(function, inputs: torch.Tensor) -> torch.Tensor:
+    """Where function(inputs) depends on inputs: the exact nonzero pattern of its Jacobian (float64)."""
+    return jacobian(function, inputs, vectorize=True) != 0
+
+
+def float64_model(k: int = 2, z_dim: int = 3) -> CVAE:
+    return small(k, z_dim).double()
+
+
+def float64_data(k: int = 2, n: int = 3):
+    x, y = data(k, n)
+    return x.double(), y.double()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_the_prior_sees_x_s_pixels_and_the_baselines_prediction_and_nothing_else(k):
+    """The recurrent connection: p(z|x) is a function of the filled image, x's input pixels and y_hat in place of
+    the -1 placeholders. Its loc and scale depend on every input pixel and every pixel of y_hat of their own example,
+    and on nothing else: not on the placeholders, not on another example."""
+    model, (x, _) = float64_model(k), float64_data(k)
+    task, n = model.task, x.shape[0]
+    y_hat = model.baseline(x)
+
+    def prior(x_=x, y_hat_=y_hat):  # (N, 6): loc and scale
+        gaussian = model.prior(x_, model.context(x_, y_hat=y_hat_))
+        return torch.cat([gaussian.loc, gaussian.scale], dim=-1)
+
+    assert torch.equal(depends_on(lambda x_: prior(x_=x_), x), per_example(n, task.input_mask.expand(6, -1)))
+    assert torch.equal(depends_on(lambda y_hat_: prior(y_hat_=y_hat_), y_hat),
+                       per_example(n, torch.ones(6, task.num_output_pixels, dtype=torch.bool)))
+    default = model.prior(x)  # its y_hat is the baseline's prediction
+    assert torch.equal(torch.cat([default.loc, default.scale], dim=-1), prior())
     with torch.no_grad():
-        model.baseline.net[-1].bias.add_(1.0)
-    assert not torch.allclose(model.prior(x).loc, before)
+        model.baseline.net[-1].bias.add_(1.0)  # another baseline: every number of p(z|x) moves
+    after = model.prior(x)
+    assert (after.loc != default.loc).all() and (after.scale != default.scale).all()
 
 
-def test_the_generation_net_sees_x_as_well_as_z():
-    model = small()
-    x, y = data()
-    z = torch.randn(6, 3)
-    other_x, _ = data(n=6)
-    other_x = other_x.flip(0)
-    assert not torch.allclose(model.log_likelihood(x, y, z), model.log_likelihood(other_x, y, z))
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_the_generation_net_sees_z_x_s_pixels_and_the_baselines_prediction_of_its_own_sample_and_example(k):
+    """g(z, x_filled) through the split first layer: params[s, n] depends on every coordinate of z[s, n], every
+    input pixel of x[n] and every pixel of y_hat[n], and on nothing else (not on the -1 placeholders of x, not on
+    another sample's z nor on another example)."""
+    model, (x, _) = float64_model(k), float64_data(k)
+    task, n, samples, outputs = model.task, x.shape[0], 2, model.task.num_output_pixels
+    y_hat = model.baseline(x)
+    z = torch.randn(samples, n, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def params(x_=x, z_=z, y_hat_=y_hat):
+        return model.params(x_, z_, model.context(x_, y_hat=y_hat_))
+
+    assert torch.equal(params(), model.params(x, z))
+    everything = torch.ones(outputs, 3, dtype=torch.bool)
+    pattern_z = (torch.eye(samples * n, dtype=torch.bool).reshape(samples, n, 1, samples, n, 1)
+                 & everything[None, None, :, None, None, :])
+    assert torch.equal(depends_on(lambda z_: params(z_=z_), z), pattern_z)
+    for_each_sample = lambda pattern: per_example(n, pattern).expand(samples, -1, -1, -1, -1)  # noqa: E731
+    assert torch.equal(depends_on(lambda x_: params(x_=x_), x), for_each_sample(task.input_mask.expand(outputs, -1)))
+    assert torch.equal(depends_on(lambda y_hat_: params(y_hat_=y_hat_), y_hat),
+                       for_each_sample(torch.ones(outputs, outputs, dtype=torch.bool)))
+
+
+@pytest.mark.parametrize("targets", ["binary", "grayscale"])
+@pytest.mark.parametrize("autoregressive", [False, True])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_log_likelihood_is_the_bernoulli_of_exactly_the_output_pixels(k, autoregressive, targets):
+    """log p(y|x,z) = sum over the 4 - k output quadrants' pixels of log Bernoulli(pixel; logit), the logits the
+    generation net's (plus, in the strong preset, a_i = sum_j W_ij image_j over the earlier pixels j), scored with
+    torch.distributions at the pixels' places in the whole image. Not over the input pixels, not over all 784."""
+    torch.manual_seed(k)
+    model = CVAE(BaselineNet(k, hidden=(8,)), z_dim=3, hidden=(8,), autoregressive=autoregressive).double()
+    task = model.task
+    images = torch.rand(4, 784, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+    images = (images > 0.5).double() if targets == "binary" else images
+    logits = torch.zeros(2, 4, 784, dtype=torch.float64)  # per pixel of the whole image; only y's are filled in
+    z = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x, y = task.split(images)
+    with torch.no_grad():
+        model.generation_net.rest[-1][-1].weight.mul_(10.0)  # logits of several units: every pixel's term counts
+    logits[..., task.output_mask] = model.params(x, z)
+    if autoregressive:
+        nn.init.normal_(model.autoregression.weight, std=0.1)
+        with torch.no_grad():
+            weights = torch.zeros(784, 784, dtype=torch.float64)  # W_ij for output pixel i, earlier pixel j
+            weights[task.output_mask] = model.autoregression.weight * autoregressive_pattern(task)
+            logits += images @ weights.T
+    per_pixel = torch.distributions.Bernoulli(logits=logits, validate_args=targets == "binary").log_prob(images)
+    expected = per_pixel[..., task.output_mask].sum(-1)
+    got = model.log_likelihood(x, y, z)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
+    # a sum over all 784 pixels is far from it: k x 196 more terms, each -log 2 at logit 0
+    assert ((per_pixel.sum(-1) - got).abs() > 100).all()
 
 
 def test_split_first_layer_equals_one_layer_on_the_concatenation():
@@ -84,10 +167,20 @@ def test_split_first_layer_equals_one_layer_on_the_concatenation():
     torch.testing.assert_close(model.params(x, z), expected)
 
 
-def test_the_posterior_sees_y():
-    model = small()
-    x, y = data()
-    assert not torch.allclose(model.posterior(x, y).loc, model.posterior(x, y.flip(0)).loc)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_the_recognition_net_sees_x_s_pixels_and_y_and_nothing_else(k):
+    """q(z|x,y) is a function of the whole image: its loc and scale depend on every input pixel of x and every
+    pixel of y of their own example, not on x's -1 placeholders (y's pixels replace them), not on another example."""
+    model, (x, y) = float64_model(k), float64_data(k)
+    task, n = model.task, x.shape[0]
+
+    def posterior(x_=x, y_=y):  # (N, 6): loc and scale
+        gaussian = model.posterior(x_, y_)
+        return torch.cat([gaussian.loc, gaussian.scale], dim=-1)
+
+    assert torch.equal(depends_on(lambda x_: posterior(x_=x_), x), per_example(n, task.input_mask.expand(6, -1)))
+    assert torch.equal(depends_on(lambda y_: posterior(y_=y_), y),
+                       per_example(n, torch.ones(6, task.num_output_pixels, dtype=torch.bool)))
 
 
 def test_training_updates_cvae_networks_but_never_the_frozen_baseline():
@@ -124,16 +217,35 @@ def autoregressive_model(k: int = 2) -> CVAE:
     return model.eval()
 
 
-def test_autoregressive_term_sees_only_earlier_pixels_of_y():
-    model = autoregressive_model()
-    x, y = data()
-    before = model.autoregression(x, y)
-    j = 100  # an output pixel in the middle of y, raster order
-    changed = y.clone()
-    changed[:, j] += 0.5
-    after = model.autoregression(x, changed)
-    assert torch.equal(after[:, :j + 1], before[:, :j + 1])  # itself and every earlier pixel: unchanged
-    assert (after[:, j + 1:] != before[:, j + 1:]).all()  # every later pixel sees it
+def autoregressive_pattern(task: QuadrantTask, window: int = 0) -> torch.Tensor:
+    """(num_output_pixels, 784): True where output pixel i's term a_i must depend on image pixel j: j lies before i
+    in raster order (an earlier row, or the same row and an earlier column) and, with a window, within the
+    window x window square centred on i. Written from the rows and columns, not from the pixels' indices."""
+    rows, cols = torch.arange(784) // 28, torch.arange(784) % 28
+    out_rows, out_cols = rows[task.output_mask][:, None], cols[task.output_mask][:, None]
+    before = (rows < out_rows) | ((rows == out_rows) & (cols < out_cols))
+    if window:
+        before &= ((rows - out_rows).abs() <= window // 2) & ((cols - out_cols).abs() <= window // 2)
+    return before
+
+
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_the_autoregressive_term_of_each_pixel_sees_exactly_the_earlier_pixels(k, window):
+    """a_i depends on every pixel before output pixel i in raster order (x's input pixels and y's, within the
+    window when there is one) and on nothing else: not on itself, a later pixel, x's -1 placeholders (y's pixels
+    replace them) or another example."""
+    torch.manual_seed(1)
+    model = CVAE(BaselineNet(k, hidden=(8,)), z_dim=3, hidden=(8,), autoregressive=True, ar_window=window).double()
+    nn.init.normal_(model.autoregression.weight, std=0.1)  # starts at zero: make the term non-trivial
+    x, y = float64_data(k)
+    task, n = model.task, x.shape[0]
+    pattern = autoregressive_pattern(task, window)
+    assert torch.equal(depends_on(lambda x_: model.autoregression(x_, y), x), per_example(n, pattern & task.input_mask))
+    assert torch.equal(depends_on(lambda y_: model.autoregression(x, y_), y),
+                       per_example(n, pattern[:, task.output_mask]))
+    if window == 5 and k == 1:  # a pixel well inside the output quadrants: the 12 pixels before it in its 5x5 square
+        assert int(pattern[300].sum()) == 12
 
 
 def test_autoregressive_likelihood_is_normalized_over_the_last_pixels():
@@ -171,7 +283,7 @@ def test_autoregressive_term_starts_at_zero_and_is_cached_per_image():
     model = autoregressive_model()
     cached = model.log_likelihood(x, y, z, model.context(x, y=y))
     torch.testing.assert_close(model.log_likelihood(x, y, z, model.context(x)), cached)  # computed on the fly
-    assert not torch.allclose(cached, bernoulli_log_likelihood(model.params(x, z), y))
+    assert (cached != bernoulli_log_likelihood(model.params(x, z), y)).all()  # the term moves every one
 
 
 def test_autoregressive_samples_are_each_pixels_mean_given_the_earlier_ones():
@@ -183,18 +295,3 @@ def test_autoregressive_samples_are_each_pixels_mean_given_the_earlier_ones():
     with torch.no_grad():  # teacher-forced on its own output, the model reproduces it: a fixed point
         a = model.autoregression(x, samples)
         torch.testing.assert_close(torch.sigmoid(model.params(x, z) + a), samples)
-
-
-def test_a_windowed_autoregressive_term_sees_only_earlier_pixels_nearby():
-    torch.manual_seed(2)
-    model = CVAE(BaselineNet(1, hidden=(16,)), z_dim=3, hidden=(16,), autoregressive=True, ar_window=5)
-    nn.init.normal_(model.autoregression.weight, std=0.1)
-    x, y = data(k=1)
-    outputs = model.task.output_mask.nonzero()[:, 0]
-    j = 300
-    changed = y.clone()
-    changed[:, j] += 0.5
-    moved = (model.autoregression(x, changed) != model.autoregression(x, y)).any(0)
-    row, col = outputs[j] // 28, outputs[j] % 28
-    near = ((outputs // 28 - row).abs() <= 2) & ((outputs % 28 - col).abs() <= 2) & (outputs > outputs[j])
-    assert torch.equal(moved, near) and near.sum() == 12  # the later pixels of its 5x5 square, no others

