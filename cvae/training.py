@@ -375,7 +375,8 @@ def train_loop(
     continues from it.
     """
     num_examples, device = train[0].shape[0], train[0].device
-    processes, stop = Processes(), stop if stop is not None else StopFlag()
+    processes = Processes()
+    stop = stop if stop is not None else StopFlag()  # one that is never requested
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=settings.lr, fused=device.type in FUSED_ADAM_DEVICES)
     noise = processes.noise(device, settings.seed)
@@ -393,7 +394,7 @@ def train_loop(
 
     num_batches = math.ceil(num_examples / settings.batch_size)
     best_weights = None
-    for epoch in range(state.epoch, settings.epochs):  # state.epoch == epoch and state.step is where it starts
+    for epoch in range(state.epoch, settings.epochs):  # each epoch starts at state.step (0 unless resumed)
         started = time.perf_counter()
         for group in optimizer.param_groups:  # a function of the epoch and the saved state, so a resumed run agrees
             group["lr"] = settings.lr_at(epoch) * state.early_stopping.lr_scale
@@ -409,6 +410,7 @@ def train_loop(
             losses[step] = train_step(loss_fn, optimizer, [t[batch] for t in train], noise,
                                       settings.kl_weight_at(epoch, step, num_batches), weight, settings.precision)
             if step + 1 - checked >= CHECK_EVERY or step + 1 == num_batches or processes.stop_now(stop):
+                # a check point: agree across processes, check finiteness, show progress, honour a stop request
                 losses[checked:step + 1], stopping = processes.agree(losses[checked:step + 1], stop)
                 _check_finite(losses, checked, step + 1, epoch, best_path)
                 bar.update(step + 1 - checked)
