@@ -1,6 +1,10 @@
 """One training loop for both models: Adam on minibatches, early stopping on the validation loss,
 the best weights kept, and a resumable state saved at every epoch end and on interruption.
 
+Its parts: ``train_step`` (one optimizer step on one batch), ``EarlyStopping`` (the decision after each epoch,
+with the learning-rate halving), ``TrainingState`` (what is saved and resumed), ``Processes`` (what differs
+under torchrun), and ``train_loop``, which puts them together.
+
 Every random choice comes from a seeded generator whose state is saved, and each epoch's order is a
 fixed function of (seed, epoch), so an interrupted-and-resumed run ends with the same weights, bit
 for bit on CPU, as one that was never interrupted.
@@ -19,9 +23,9 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -33,10 +37,12 @@ from tqdm.auto import tqdm
 from . import checkpoints, distributed
 from .conditional_vae import ConditionalVAE
 from .objectives import training_loss
+from .precision import autocast
 
 CHECK_EVERY = 50  # steps between the (synchronizing) finiteness checks and progress-bar updates
 FUSED_ADAM_DEVICES = ("cpu", "cuda")  # one fused kernel per step instead of one per parameter
 NOISE_SEED_STRIDE = 1_000_003  # process r's noise generator starts from seed + r * stride (rank 0: the seed)
+PRECISIONS = ("fp32", "bf16")  # resolved precisions (cvae.precision.resolve)
 
 
 class TrainingInterrupted(Exception):
@@ -86,6 +92,12 @@ class FitSettings:
     kl_warmup: int = 0  # epochs over which the KL weight rises linearly from 0 to 1 (0: always 1)
     lr_halving: int = 0  # after warm-up, halve the learning rate after each run of this many epochs without a new
     # best validation loss (0: never)
+    precision: str = "fp32"  # the loss's forward: "fp32", or "bf16" autocast for the networks (cvae.precision)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (see cvae.precision.resolve), "
+                             f"got {self.precision!r}")
 
     def loss(self, model: nn.Module, *batch: torch.Tensor, generator: torch.Generator,
              kl_weight: float = 1.0) -> torch.Tensor:
@@ -124,6 +136,59 @@ def shard(batch: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, flo
     return part, part.numel() * world / batch.numel()
 
 
+def train_step(loss_fn: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer,
+               batch: Sequence[torch.Tensor], generator: torch.Generator, kl_weight: float = 1.0,
+               weight: float = 1.0, precision: str = "fp32") -> torch.Tensor:
+    """One optimizer step on one batch; returns its loss, detached.
+
+    loss = weight * loss_fn(*batch, generator=generator, kl_weight=kl_weight), whose forward runs under
+    ``precision``'s autocast (``cvae.precision``); zero_grad, backward and the optimizer's step run outside it.
+    loss_fn: ``FitSettings.loss`` bound to a model, or its DistributedDataParallel form
+    (``Processes.loss_function``); weight: this process's share of the global batch (``shard``).
+    """
+    with autocast(precision, batch[0].device):
+        loss = loss_fn(*batch, generator=generator, kl_weight=kl_weight) * weight
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@dataclass
+class EarlyStopping:
+    """Early stopping on the validation loss, and the learning-rate halving.
+
+    An epoch improves when its validation loss is below the best so far (``best_val``), or when it ends within
+    the KL warm-up (epoch + 1 < kl_warmup, counting epochs from 0), so patience counts from the warm-up's end.
+    ``bad_epochs`` counts the epochs since the last improvement; training stops when it reaches ``patience``,
+    and each time it reaches a multiple of ``lr_halving`` (0: never) the learning rate's factor ``lr_scale``
+    is halved.
+    """
+
+    patience: int
+    kl_warmup: int = 0
+    lr_halving: int = 0
+    best_val: float = math.inf
+    bad_epochs: int = 0
+    lr_scale: float = 1.0
+
+    def update(self, epoch: int, val_loss: float) -> bool:
+        """Take an epoch's validation loss (the epoch counted from 0); return whether the epoch improved."""
+        improved = val_loss < self.best_val or epoch + 1 < self.kl_warmup
+        if improved:
+            self.best_val, self.bad_epochs = val_loss, 0
+        else:
+            self.bad_epochs += 1
+            if self.lr_halving and self.bad_epochs % self.lr_halving == 0:
+                self.lr_scale /= 2
+        return improved
+
+    @property
+    def stop(self) -> bool:
+        """Whether ``patience`` epochs in a row went without improvement."""
+        return self.bad_epochs >= self.patience
+
+
 class _Loss(nn.Module):
     """``settings.loss(model, ...)`` as one module's forward: the loss calls several methods of the model,
     and DistributedDataParallel all-reduces the gradients of what a forward through it has used."""
@@ -136,39 +201,157 @@ class _Loss(nn.Module):
         return self.settings.loss(self.model, *batch, generator=generator, kl_weight=kl_weight)
 
 
-def distributed_loss(model: nn.Module, settings: FitSettings) -> DistributedDataParallel:
-    """The training loss behind DistributedDataParallel, which all-reduces the gradients of the trainable
-    parameters (not the CVAE's frozen baseline). The GSNN objective does not use the recognition net, whose
-    parameters DDP must then be told to expect no gradient for (they stay None, as in one process)."""
-    device = next(model.parameters()).device
-    return DistributedDataParallel(
-        _Loss(model, settings), device_ids=[device.index] if device.type == "cuda" else None,
-        forward_sync_buffers=False,  # the only buffers are constant masks
-        find_unused_parameters=isinstance(model, ConditionalVAE) and settings.objective == "gsnn")
+class Processes:
+    """This process among the ``world`` processes of a torchrun job (``cvae.distributed``), and what training does
+    across them. In a single process (rank 0 of a world of 1) every method leaves things as they are."""
+
+    def __init__(self) -> None:
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, the one process that writes files and prints."""
+        return self.rank == 0
+
+    def noise(self, device: torch.device, seed: int) -> torch.Generator:
+        """This process's noise generator, seeded with seed + rank * NOISE_SEED_STRIDE (rank 0: the seed)."""
+        return torch.Generator(device).manual_seed(seed + self.rank * NOISE_SEED_STRIDE)
+
+    def shard(self, batch: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This process's share of a global batch of indices, and its loss's weight (see ``shard``)."""
+        return shard(batch, self.rank, self.world)
+
+    def share(self, data: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """This process's contiguous share of the examples of every tensor of a dataset."""
+        return [t.tensor_split(self.world)[self.rank] for t in data]
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of ``tensor`` over the processes."""
+        return distributed.all_reduce_sum(tensor)
+
+    def loss_function(self, model: nn.Module, settings: FitSettings) -> Callable[..., torch.Tensor]:
+        """``settings.loss`` bound to ``model``; under torchrun behind DistributedDataParallel, which all-reduces the
+        gradients of the trainable parameters (not the CVAE's frozen baseline). The GSNN objective does not use
+        the recognition net, whose parameters DDP must then be told to expect no gradient for (they stay None,
+        as in one process)."""
+        if self.world == 1:
+            return partial(settings.loss, model)
+        device = next(model.parameters()).device
+        return DistributedDataParallel(
+            _Loss(model, settings), device_ids=[device.index] if device.type == "cuda" else None,
+            forward_sync_buffers=False,  # the only buffers are constant masks
+            find_unused_parameters=isinstance(model, ConditionalVAE) and settings.objective == "gsnn")
+
+    def stop_now(self, stop: StopFlag) -> bool:
+        """Whether to honour a stop request at this step: in one process as soon as it is made; several processes
+        stop together, at a check point (``agree``)."""
+        return self.world == 1 and stop.requested
+
+    def agree(self, losses: torch.Tensor, stop: StopFlag) -> tuple[torch.Tensor, bool]:
+        """The global batches' mean losses (the mean over processes of their weighted losses) and whether any
+        process was asked to stop, in one all-reduce, so that all check, report and stop alike."""
+        if self.world == 1:
+            return losses, stop.requested
+        flag = torch.tensor([float(stop.requested)], device=losses.device)
+        reduced = distributed.all_reduce_mean(torch.cat([losses, flag]))
+        return reduced[:-1], bool(reduced[-1] > 0)
+
+    def noise_states(self, noise: torch.Generator) -> torch.Tensor | None:
+        """Every process's noise state, one row per rank (None in one process)."""
+        if self.world == 1:
+            return None
+        return distributed.gather_tensors(noise.get_state()).view(self.world, -1)
+
+    def own_noise_state(self, saved: dict) -> torch.Tensor:
+        """This process's noise state in a saved training state, which resumes only with as many processes as
+        wrote it."""
+        states = saved.get("noise_rngs", saved["noise_rng"].unsqueeze(0))
+        if len(states) != self.world:
+            raise ValueError(f"it was written by {len(states)} process(es), this run has {self.world}")
+        return states[self.rank].clone()  # a tensor of its own: Generator.set_state misreads a row view
+
+    def barrier(self) -> None:
+        """Wait until every process is here."""
+        distributed.barrier()
 
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], settings: FitSettings) -> float:
-    """Mean training loss over a dataset (x, y[, y_hat]), in eval mode and with fixed noise.
+    """Mean training loss over a dataset (x, y[, y_hat]), in eval mode, with fixed noise, and with the forward
+    in ``settings.precision``.
 
     Under torchrun each process takes a contiguous share of the examples and the sums are all-reduced, so
     every process gets the same value (and takes the same early-stopping decision).
     """
     model.eval()
     device, n = data[0].device, data[0].shape[0]
-    rank, world = distributed.rank(), distributed.world_size()
-    generator = torch.Generator(device).manual_seed(settings.seed + rank * NOISE_SEED_STRIDE)
-    mine = [t.tensor_split(world)[rank] for t in data]
+    processes = Processes()
+    generator = processes.noise(device, settings.seed)
+    mine = processes.share(data)
     total = torch.zeros((), device=device)
     for start in range(0, mine[0].shape[0], settings.batch_size):
         batch = [t[start:start + settings.batch_size] for t in mine]
-        total += settings.loss(model, *batch, generator=generator) * batch[0].shape[0]
-    return distributed.all_reduce_sum(total).item() / n
+        with autocast(settings.precision, device):
+            total += settings.loss(model, *batch, generator=generator) * batch[0].shape[0]
+    return processes.sum(total).item() / n
 
 
-def _fresh_state(seed: int) -> dict:
-    return {"epoch": 0, "step": 0, "best_val": math.inf, "bad_epochs": 0, "history": [],
-            "finished": False, "partial_losses": torch.zeros(0), "seed": seed, "lr_scale": 1.0}
+@dataclass
+class TrainingState:
+    """Where a training run stands: what an interrupted run needs to go on as if it had never stopped.
+
+    The position (``epoch`` and ``step`` within it, counted from 0, and the losses of that epoch's steps so far),
+    the early-stopping state, the per-epoch history and whether training has finished. It is saved, with the
+    model's, the optimizer's and the noise generator's states, as one flat dict (``checkpoints.save``) whose keys
+    are those of ``REQUIRED`` plus lr_scale, model, optimizer, noise_rng and, under torchrun, noise_rngs.
+    """
+
+    REQUIRED = ("epoch", "step", "best_val", "bad_epochs", "history", "finished", "partial_losses", "seed")
+
+    seed: int
+    early_stopping: EarlyStopping
+    epoch: int = 0
+    step: int = 0
+    partial_losses: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    history: list[dict] = field(default_factory=list)
+    finished: bool = False
+
+    def save(self, path: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, noise: torch.Generator,
+             processes: Processes) -> None:
+        """Write the state to ``path`` (rank 0, when a path is given); every process must take part."""
+        stopping = self.early_stopping
+        state = {"epoch": self.epoch, "step": self.step, "best_val": stopping.best_val,
+                 "bad_epochs": stopping.bad_epochs, "history": self.history, "finished": self.finished,
+                 "partial_losses": self.partial_losses, "seed": self.seed, "lr_scale": stopping.lr_scale,
+                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "noise_rng": noise.get_state()}
+        if (noise_states := processes.noise_states(noise)) is not None:  # for an exact resumption under torchrun
+            state["noise_rngs"] = noise_states
+        if processes.is_main and path is not None:
+            checkpoints.save(state, path)
+
+    def resume(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, noise: torch.Generator,
+               processes: Processes) -> None:
+        """Continue from the state saved at ``path``: load it into this state, the model, the optimizer and the
+        noise generator; CheckpointError if it does not fit them."""
+        saved = checkpoints.load(path)
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            if missing := sorted(set(self.REQUIRED) - set(saved)):
+                raise KeyError(f"no {', '.join(missing)}")
+            if not saved["finished"]:  # a finished stage draws no more noise
+                noise.set_state(processes.own_noise_state(saved))
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise checkpoints.CheckpointError(
+                f"{path} is not a training state for this model and configuration "
+                f"({checkpoints.describe(error)}). "
+                f"Delete it to restart this stage from scratch, or resume the run that wrote it."
+            ) from None
+        self.epoch, self.step, self.partial_losses = saved["epoch"], saved["step"], saved["partial_losses"]
+        self.history, self.finished, self.seed = saved["history"], saved["finished"], saved["seed"]
+        stopping = self.early_stopping
+        stopping.best_val, stopping.bad_epochs = saved["best_val"], saved["bad_epochs"]
+        stopping.lr_scale = saved.get("lr_scale", 1.0)  # states written before the learning-rate halving existed
 
 
 def train_loop(
@@ -192,128 +375,74 @@ def train_loop(
     continues from it.
     """
     num_examples, device = train[0].shape[0], train[0].device
-    rank, world = distributed.rank(), distributed.world_size()
+    processes = Processes()
+    stop = stop if stop is not None else StopFlag()  # one that is never requested
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=settings.lr, fused=device.type in FUSED_ADAM_DEVICES)
-    noise = torch.Generator(device).manual_seed(settings.seed + rank * NOISE_SEED_STRIDE)
-
-    state = _fresh_state(settings.seed)
+    noise = processes.noise(device, settings.seed)
+    state = TrainingState(settings.seed, EarlyStopping(settings.patience, settings.kl_warmup, settings.lr_halving))
     if state_path is not None and state_path.exists():
-        state = _resume(state_path, model, optimizer, noise)
-    if state["finished"]:
-        return state["history"]
-    loss_of = partial(settings.loss, model) if world == 1 else distributed_loss(model, settings)
-    progress = progress and rank == 0
+        state.resume(state_path, model, optimizer, noise, processes)
+    if state.finished:
+        return state.history
+    loss_fn = processes.loss_function(model, settings)
+    progress = progress and processes.is_main
 
     def save_state(epoch: int, step: int, losses: torch.Tensor) -> None:
-        state.update(epoch=epoch, step=step, partial_losses=losses.cpu(), model=model.state_dict(),
-                     optimizer=optimizer.state_dict(), noise_rng=noise.get_state())
-        if world > 1:  # every process's noise state, for an exact resumption with as many processes
-            state["noise_rngs"] = distributed.gather_tensors(noise.get_state()).view(world, -1)
-        if rank == 0 and state_path is not None:
-            checkpoints.save(state, state_path)
+        state.epoch, state.step, state.partial_losses = epoch, step, losses.cpu()
+        state.save(state_path, model, optimizer, noise, processes)
 
     num_batches = math.ceil(num_examples / settings.batch_size)
     best_weights = None
-    for epoch in range(state["epoch"], settings.epochs):
+    for epoch in range(state.epoch, settings.epochs):  # each epoch starts at state.step (0 unless resumed)
         started = time.perf_counter()
-        first_step = state["step"] if epoch == state["epoch"] else 0
-        order = epoch_order(num_examples, settings.seed, epoch).to(device)
         for group in optimizer.param_groups:  # a function of the epoch and the saved state, so a resumed run agrees
-            group["lr"] = settings.lr_at(epoch) * state["lr_scale"]
+            group["lr"] = settings.lr_at(epoch) * state.early_stopping.lr_scale
+        order = epoch_order(num_examples, settings.seed, epoch).to(device)
         losses = torch.empty(num_batches, device=device)
-        losses[:first_step] = state["partial_losses"].to(device)[:first_step]
+        losses[:state.step] = state.partial_losses.to(device)[:state.step]
         model.train()
-        bar = tqdm(total=num_batches, initial=first_step, disable=None if progress else True, leave=False,
+        bar = tqdm(total=num_batches, initial=state.step, disable=None if progress else True, leave=False,
                    desc=f"{desc} epoch {epoch + 1}/{settings.epochs}")
-        checked = first_step
-        for step in range(first_step, num_batches):
-            batch, weight = shard(order[step * settings.batch_size:(step + 1) * settings.batch_size], rank, world)
-            kl_weight = settings.kl_weight_at(epoch, step, num_batches)
-            loss = loss_of(*(t[batch] for t in train), generator=noise, kl_weight=kl_weight) * weight
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses[step] = loss.detach()
-            stopping = False
-            if step + 1 - checked >= CHECK_EVERY or step + 1 == num_batches:
-                if world > 1:  # the global batches' losses, and a stop request that reached any process
-                    losses[checked:step + 1], stopping = _agree(losses[checked:step + 1], stop)
+        checked = state.step
+        for step in range(state.step, num_batches):
+            batch, weight = processes.shard(order[step * settings.batch_size:(step + 1) * settings.batch_size])
+            losses[step] = train_step(loss_fn, optimizer, [t[batch] for t in train], noise,
+                                      settings.kl_weight_at(epoch, step, num_batches), weight, settings.precision)
+            if step + 1 - checked >= CHECK_EVERY or step + 1 == num_batches or processes.stop_now(stop):
+                # a check point: agree across processes, check finiteness, show progress, honour a stop request
+                losses[checked:step + 1], stopping = processes.agree(losses[checked:step + 1], stop)
                 _check_finite(losses, checked, step + 1, epoch, best_path)
                 bar.update(step + 1 - checked)
                 bar.set_postfix(loss=f"{losses[:step + 1].mean().item():.2f}")
                 checked = step + 1
-            if stopping or (world == 1 and stop is not None and stop.requested):
-                _check_finite(losses, checked, step + 1, epoch, best_path)
-                save_state(epoch, step + 1, losses[:step + 1])
-                bar.close()
-                raise TrainingInterrupted(f"{desc}: stopped at epoch {epoch + 1}, step {step + 1}")
+                if stopping:
+                    save_state(epoch, step + 1, losses[:step + 1])
+                    bar.close()
+                    raise TrainingInterrupted(f"{desc}: stopped at epoch {epoch + 1}, step {step + 1}")
         bar.close()
 
         train_loss = losses.mean().item()
         val_loss = validation_loss(model, val, settings)
-        warming_up = epoch + 1 < settings.kl_warmup  # the KL weight is below 1 through this epoch's end
-        improved = val_loss < state["best_val"] or warming_up  # patience counts from the end of the warm-up
+        improved = state.early_stopping.update(epoch, val_loss)
         if improved:
-            state["best_val"], state["bad_epochs"] = val_loss, 0
             if best_path is None:
                 best_weights = {key: value.clone() for key, value in model.state_dict().items()}
-            elif rank == 0:
+            elif processes.is_main:
                 checkpoints.save(model.checkpoint(), best_path)
-        else:
-            state["bad_epochs"] += 1
-            if settings.lr_halving and state["bad_epochs"] % settings.lr_halving == 0:
-                state["lr_scale"] /= 2
-        state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                                 "seconds": time.perf_counter() - started})
-        if rank == 0:
+        state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                              "seconds": time.perf_counter() - started})
+        if processes.is_main:
             tqdm.write(f"{desc} epoch {epoch + 1}: train {train_loss:.3f}  val {val_loss:.3f}"
                        + ("  (best)" if improved else ""), file=sys.stderr)
-        state["finished"] = state["bad_epochs"] >= settings.patience or epoch + 1 == settings.epochs
+        state.finished = state.early_stopping.stop or epoch + 1 == settings.epochs
         save_state(epoch + 1, 0, losses[:0])
-        if state["finished"]:
+        if state.finished:
             break
-    distributed.barrier()  # rank 0 has written the best checkpoint before any process reads it
-    if best_path is None and best_weights is not None:
+    processes.barrier()  # rank 0 has written the best checkpoint before any process reads it
+    if best_weights is not None:
         model.load_state_dict(best_weights)
-    return state["history"]
-
-
-def _agree(losses: torch.Tensor, stop: StopFlag | None) -> tuple[torch.Tensor, bool]:
-    """One all-reduce at a check point: the global batches' mean losses (the mean over processes of their
-    weighted losses) and whether any process was asked to stop, so that all check, report and stop alike."""
-    flag = torch.tensor([float(stop is not None and stop.requested)], device=losses.device)
-    reduced = distributed.all_reduce_mean(torch.cat([losses, flag]))
-    return reduced[:-1], bool(reduced[-1] > 0)
-
-
-def _resume(state_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-            noise: torch.Generator) -> dict:
-    """Load a resumable state into model, optimizer and noise; CheckpointError if it does not fit them."""
-    state = checkpoints.load(state_path)
-    state.setdefault("lr_scale", 1.0)  # states written before the learning-rate halving existed
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if missing := sorted(set(_fresh_state(0)) - set(state)):
-            raise KeyError(f"no {', '.join(missing)}")
-        if not state["finished"]:  # a finished stage draws no more noise
-            noise.set_state(_noise_state(state))
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise checkpoints.CheckpointError(
-            f"{state_path} is not a training state for this model and configuration "
-            f"({checkpoints.describe(error)}). "
-            f"Delete it to restart this stage from scratch, or resume the run that wrote it."
-        ) from None
-    return state
-
-
-def _noise_state(state: dict) -> torch.Tensor:
-    """This process's saved noise state; a state resumes only with as many processes as wrote it."""
-    states = state.get("noise_rngs", state["noise_rng"].unsqueeze(0))
-    if len(states) != distributed.world_size():
-        raise ValueError(f"it was written by {len(states)} process(es), this run has {distributed.world_size()}")
-    return states[distributed.rank()].clone()  # a tensor of its own: Generator.set_state misreads a row view
+    return state.history
 
 
 def _check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int, best_path: Path | None) -> None:
