@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from cvae.data import load_splits
 from cvae.experiment import task_data
 from cvae.models import CVAE, BaselineNet
 from cvae.quadrants import QuadrantTask
-from cvae.training import FUSED_ADAM_DEVICES, FitSettings, epoch_order
+from cvae.training import FUSED_ADAM_DEVICES, FitSettings, epoch_order, train_step
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # the repository's data/, wherever we run from
 FLOP_RULE = ("per image: forward = 2*fan_in*fan_out per Linear; training = forward + backward, backward = "
@@ -132,14 +133,15 @@ def our_models(k: int, device: torch.device, seed: int = 0) -> tuple[BaselineNet
 @dataclass
 class OurTrainer:
     """cvae.training.fit's inner loop in one process, without validation and checkpoints: flush denormals,
-    gather a batch by the epoch's order, FitSettings.loss (objectives.training_loss, the ELBO for the CVAE),
-    zero_grad, backward, fused Adam (lr 1e-3), record the loss, check finiteness every 50 steps.
-    data = (x, y) for the baseline, (x, y, filled) for the CVAE."""
+    gather a batch by the epoch's order, cvae.training.train_step on FitSettings.loss (objectives.training_loss,
+    the ELBO for the CVAE) with fused Adam (lr 1e-3), record the loss, check finiteness every 50 steps.
+    data = (x, y) for the baseline, (x, y, filled) for the CVAE; precision: "fp32" or "bf16" (cvae.precision)."""
 
     model: nn.Module
     data: tuple[torch.Tensor, ...]
     batch_size: int
     seed: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         device = self.data[0].device
@@ -162,11 +164,8 @@ class OurTrainer:
         self.model.train()
         for step in range(num_steps):
             batch = order[step * self.batch_size:(step + 1) * self.batch_size]
-            loss = self.settings.loss(self.model, *(t[batch] for t in self.data), generator=self.noise)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            losses[step] = loss.detach()
+            losses[step] = train_step(partial(self.settings.loss, self.model), self.optimizer,
+                                      [t[batch] for t in self.data], self.noise, precision=self.precision)
             if (step + 1) % 50 == 0 or step + 1 == num_steps:
                 if not torch.isfinite(losses[:step + 1]).all():
                     raise RuntimeError("non-finite training loss in the benchmark")

@@ -194,6 +194,10 @@ def main() -> None:
     fill_seconds = timed(lambda: predictions(cvae.baseline, train[0]), device)
     ours_baseline = OurTrainer(baseline, train, BATCH_SIZE)
     ours_cvae = OurTrainer(cvae, (*train, predictions(cvae.baseline, train[0])), BATCH_SIZE)
+    baseline_bf16, cvae_bf16 = our_models(args.quadrants, device)  # trained apart: their weights drift apart
+    ours_baseline_bf16 = OurTrainer(baseline_bf16, train, BATCH_SIZE, precision="bf16")
+    ours_cvae_bf16 = OurTrainer(cvae_bf16, (*train, predictions(cvae_bf16.baseline, train[0])), BATCH_SIZE,
+                                precision="bf16")
     generator = torch.Generator(device).manual_seed(0)
 
     def ours_evaluate(x: torch.Tensor = test[0], y: torch.Tensor = test[1], arithmetic: str = "fp32") -> None:
@@ -206,8 +210,8 @@ def main() -> None:
     pipeline = tutorial_pipeline_epoch(args.quadrants, n_train)
 
     log("warm-up")
-    ours_baseline.run(5)
-    ours_cvae.run(5)
+    for trainer in (ours_baseline, ours_cvae, ours_baseline_bf16, ours_cvae_bf16):
+        trainer.run(5)
     peer.baseline_epoch(limit=5)
     peer.cvae_epoch(limit=5)
     ours_evaluate(test[0][:64], test[1][:64])
@@ -219,6 +223,8 @@ def main() -> None:
         "ours_baseline_epoch": ours_baseline.run,
         "peer_baseline_epoch": peer.baseline_epoch,
         "ours_cvae_epoch": ours_cvae.run,
+        "ours_baseline_epoch_bf16": ours_baseline_bf16.run,
+        "ours_cvae_epoch_bf16": ours_cvae_bf16.run,
         "peer_cvae_epoch": peer.cvae_epoch,
         "ours_evaluation": ours_evaluate,
         "ours_evaluation_bf16": lambda: ours_evaluate(arithmetic="bf16"),
@@ -249,6 +255,7 @@ def main() -> None:
     steps = -(-n_train // BATCH_SIZE)
     epochs = {}
     for name in ("ours_baseline_epoch", "peer_baseline_epoch", "ours_cvae_epoch", "peer_cvae_epoch",
+                 "ours_baseline_epoch_bf16", "ours_cvae_epoch_bf16",
                  "tutorial_data_pipeline_epoch"):
         epochs[name] = {"seconds": round(seconds[name], 3), "seconds_per_50000_images": round(seconds[name] * scale, 2),
                         "batches_per_s": round(steps / seconds[name], 1), "runs": [round(t, 3) for t in times[name]]}
@@ -285,6 +292,8 @@ def main() -> None:
         "ratios_peer_over_ours": {
             "baseline_epoch": ratio(seconds["peer_baseline_epoch"], seconds["ours_baseline_epoch"]),
             "cvae_epoch": ratio(seconds["peer_cvae_epoch"], seconds["ours_cvae_epoch"]),
+            "baseline_epoch_bf16": ratio(seconds["peer_baseline_epoch"], seconds["ours_baseline_epoch_bf16"]),
+            "cvae_epoch_bf16": ratio(seconds["peer_cvae_epoch"], seconds["ours_cvae_epoch_bf16"]),
             "evaluation": ratio(seconds["peer_evaluation"], seconds["ours_evaluation"]),
             "evaluation_bf16": ratio(seconds["peer_evaluation"], seconds["ours_evaluation_bf16"]),
             f"evaluation_precision_auto ({auto})":
