@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+from .choices import PRECISIONS
 
 
 @functools.cache
