@@ -1,7 +1,8 @@
 """The quadrant experiment end to end: a run directory's layout, training one setting, evaluating a run.
 
 Run directory layout:
-    config.json                 the RunConfig, the environment (versions, machine) and the status
+    config.json                 the RunConfig, the environment (versions, machine) and the status ("finished",
+                                "keep_state": whether the resumable states stay once it is)
     q{k}/baseline.pt, cvae.pt   best checkpoints (lowest validation loss) for k input quadrants
     q{k}/*_state.pt             resumable training states (deleted when the run is finished, unless --keep-state)
     q{k}/history.json           per-epoch losses of both models, written once both are trained

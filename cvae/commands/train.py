@@ -11,7 +11,8 @@ stopping on the validation loss), then frozen; the CVAE is trained on top of it.
 (evaluate does the same for a saved run) and the table and figures are written into the run directory. Under
 torchrun --batch-size is the global batch, shared by the processes, and the learning rate is unchanged. When the
 training is finished its resumable states (q{k}/*_state.pt, most of a run's size) are deleted, unless
---keep-state; --resume of a finished run trains nothing and evaluates it.
+--keep-state; --resume of a finished run trains nothing and evaluates it. --precision is a choice of each
+evaluation (results.json records it), not part of the run's configuration (config.json).
 
 One job per run directory: the job holds the directory's lock (cvae.run_lock) from before it looks into it to
 its end. Numbers that cannot work (a seed whose generator seeds would overflow, networks that cannot fit in the
@@ -297,7 +298,8 @@ def train(args: argparse.Namespace, device: torch.device, run_dir: Path, config:
     stop = stop or StopFlag()
     if trained:
         if main_process:
-            print(f"{run_dir} is trained already: nothing to train, evaluating it", file=sys.stderr)
+            print(f"{run_dir} is trained already: nothing to train" + ("" if args.no_eval else ", evaluating it"),
+                  file=sys.stderr)
     else:
         started = time.perf_counter()
         try:
