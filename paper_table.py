@@ -1,50 +1,14 @@
-"""The paper-style table from several evaluated runs (objectives cvae / gsnn / hybrid, the strong preset,
-several seeds), beside the published figures, and the paired NN-vs-CVAE comparison with 95% confidence intervals.
+"""The paper-style table from several evaluated runs: ``python paper_table.py --help``.
 
-    python paper_table.py runs/default runs/seed1 runs/seed2 runs/gsnn runs/hybrid --out runs/paper_table.md
-    python paper_table.py --ablation runs/default runs/wide runs/strong   # one row per run: what it changes
+The command is ``cvae.commands.table`` (also ``cvae-sohn table`` and ``python -m cvae table``).
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from cvae import checkpoints, cli
-from cvae.comparison import (
-    ComparisonError,
-    ablation_table,
-    check_comparable,
-    load_runs,
-    paired_table,
-    paper_table,
-    published_table,
-)
+from cvae import cli
+from cvae.commands.table import main
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path, help="evaluated runs (train.py --out)")
-    p.add_argument("--ablation", action="store_true",
-                   help="instead: one row per run, labelled by what it changes from the paper's set-up")
-    p.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
-    args = p.parse_args(argv)
-    try:
-        runs = load_runs(args.run_dirs)
-        check_comparable(runs, ablation=args.ablation)
-    except (FileNotFoundError, checkpoints.RunFileError, ComparisonError) as error:
-        raise cli.UserError(str(error)) from None
-    if args.ablation:
-        text = ablation_table(runs)
-    else:
-        text = "\n".join([paper_table(runs), published_table(), "Paired comparison on the same test images:\n",
-                          paired_table(runs)])
-    if args.out:
-        checkpoints.write_text(args.out, text)
-    print(text)
-    return 0
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

@@ -2,21 +2,42 @@
 
     from cvae import ConditionalVAE, Regressor, fit, likelihoods, estimators   # any (x, y)
     from cvae import QuadrantTask, BaselineNet, CVAE                          # the paper's MNIST experiment
+
+The names are imported when first used (PEP 562), so that importing cvae, or running a command's --help, does not
+import torch. Importing cvae changes nothing of torch's numerics: the commands that train or evaluate set
+``torch.set_flush_denormal`` themselves (``cvae.commands``).
 """
 
-import torch
+from __future__ import annotations
 
-from . import estimators, likelihoods
-from .conditional_vae import ConditionalVAE
-from .fitting import fit
-from .models import CVAE, BaselineNet
-from .quadrants import QuadrantTask
-from .regressor import Regressor
+import importlib
+from typing import TYPE_CHECKING, Any
 
-# Flush denormal floats to zero. Adam's moments of weights whose input pixel is rarely non-zero decay into
-# denormals after a few epochs, and denormal arithmetic made CPU training epochs 2x slower. Set on import,
-# before torch starts its OpenMP threads, because those threads inherit the setting only when they are created
-# (setting it later reaches the calling thread alone).
-torch.set_flush_denormal(True)
+if TYPE_CHECKING:
+    from . import estimators, likelihoods
+    from .conditional_vae import ConditionalVAE
+    from .fitting import fit
+    from .models import CVAE, BaselineNet
+    from .quadrants import QuadrantTask
+    from .regressor import Regressor
+
+# each public name -> the module that defines it (relative to this package)
+_SOURCES = {"ConditionalVAE": ".conditional_vae", "Regressor": ".regressor", "fit": ".fitting",
+            "likelihoods": ".likelihoods", "estimators": ".estimators", "CVAE": ".models", "BaselineNet": ".models",
+            "QuadrantTask": ".quadrants"}
 
 __all__ = ["ConditionalVAE", "Regressor", "fit", "likelihoods", "estimators", "CVAE", "BaselineNet", "QuadrantTask"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (PEP 562) and keep it in the package's namespace."""
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_SOURCES[name], __name__)
+    value = module if module.__name__.rpartition(".")[2] == name else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,11 @@
-"""What train.py and evaluate.py share: argument types that reject bad values with a clear message,
-device selection, and the mapping of failures to one-paragraph errors and exit statuses (under torchrun,
-from every process that has something of its own to say, and from rank 0 for what all of them agree on)."""
+"""What the commands share on the command line: argument types that reject bad values with a clear message,
+device and precision selection, and the mapping of failures to one-paragraph errors and exit statuses (under
+torchrun, from every process that has something of its own to say, and from rank 0 for what all of them agree on).
+
+Torch-free: a command's --help imports nothing heavy. torch is imported by ``resolve_device`` when a command runs,
+and ``run`` recognizes the failures of cvae's modules among the modules already imported (a failure of a module
+that was never imported cannot have happened).
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,14 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import torch
+from .choices import IMAGE_SIDE, MAX_AR_WINDOW, MAX_EPOCHS, MAX_SEED, PRECISIONS
 
-from . import distributed
-from .checkpoints import CheckpointError, RunFileError
-from .config import MAX_AR_WINDOW, MAX_EPOCHS, MAX_SEED
-from .data import DataError
-from .distributed import DistributedError
-from .quadrants import IMAGE_SIDE
-from .training import NonFiniteLoss, TrainingInterrupted
+if TYPE_CHECKING:
+    import torch
 
 EXIT_USAGE = 2  # bad input: nothing was changed
 EXIT_FAILED = 1  # the run itself failed (e.g. a non-finite loss)
@@ -134,6 +137,8 @@ def hidden_sizes(text: str) -> list[int]:
 
 def resolve_device(name: str) -> torch.device:
     """auto: cuda, then mps, then cpu. A named device that is not available is a UserError."""
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     available = {"cpu": True, "cuda": torch.cuda.is_available(),
                  "mps": bool(mps and mps.is_available())}
@@ -156,22 +161,70 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def program(command: str) -> str:
+    """The name a command's usage line shows: the root script run (train.py), ``python -m cvae train`` or
+    ``cvae-sohn train``."""
+    name = Path(sys.argv[0]).name
+    if name == "__main__.py":
+        return f"python -m cvae {command}"
+    return name if name.endswith(".py") else f"{name} {command}"
+
+
+def start_torch() -> None:
+    """Set torch's numerics for a command that trains or evaluates; call it first, before the data is loaded and
+    before any torch operation."""
+    import torch
+
+    # Flush denormal floats to zero. Adam's moments of weights whose input pixel is rarely non-zero decay into
+    # denormals after a few epochs, and denormal arithmetic made CPU training epochs 2x slower. Set before torch
+    # starts its OpenMP threads, because those threads inherit the setting only when they are created (setting it
+    # later reaches the calling thread alone). Set by the commands, not on import: a program that only imports
+    # cvae keeps torch's numerics as they were.
+    torch.set_flush_denormal(True)
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
-                        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+                        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="of the networks' matrix products in the evaluation: fp32, or bf16 (autocast; every "
+                        "sum stays float32); auto picks bf16 where the device multiplies it natively (a CUDA GPU "
+                        "with bf16, a CPU with AMX), fp32 elsewhere (default: auto)")
+
+
+def _imported(name: str) -> ModuleType | None:
+    """cvae's module of that name if it was imported (None otherwise), to look at without importing it."""
+    return sys.modules.get(f"{__package__}.{name}")
+
+
+def _raised(error: BaseException, *classes: str) -> bool:
+    """Whether error is an instance of one of classes ("module.Class" within cvae), looked up among the modules
+    already imported: an error of a class whose module was never imported cannot have been raised."""
+    for name in classes:
+        module, _, cls = name.rpartition(".")
+        found = getattr(_imported(module), cls, None)
+        if found is not None and isinstance(error, found):
+            return True
+    return False
 
 
 def _say(message: str, every_process: bool = False) -> None:
     """Print to stderr: under torchrun from rank 0 only (what every process would say alike), or with
     every_process from each process, prefixed with its rank."""
-    if every_process and distributed.active():
+    distributed = _imported("distributed")  # without it, no process group: one process
+    if every_process and distributed is not None and distributed.active():
         print(f"[rank {distributed.rank()}] {message.lstrip()}", file=sys.stderr)
-    elif distributed.is_main():
+    elif distributed is None or distributed.is_main():
         print(message, file=sys.stderr)
 
 
 def lost_peer_message(error: RuntimeError) -> str:
     """A collective's failure, said plainly: which process, what the backend said (first sentence), what to do."""
+    from . import distributed
+
     cause = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip().splitlines()[0]).split(". ")[0]
     return (f"error: process {distributed.rank()} of {distributed.world_size()} lost contact with the others "
             f"({cause}). Another process of this torchrun job exited or did not answer within "
@@ -215,47 +268,53 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def failure(error: BaseException) -> tuple[str, int, bool] | None:
+    """How run() reports a failure: (message, exit status, whether every process says it under torchrun), or None
+    for an error that is a bug (its traceback is shown)."""
+    if isinstance(error, UserError) or _raised(error, "distributed.DistributedError"):
+        return f"error: {error}", EXIT_USAGE, False
+    if _raised(error, "data.DataError", "checkpoints.CheckpointError", "checkpoints.RunFileError"):
+        return f"error: {error}", EXIT_USAGE, True
+    if _raised(error, "training.TrainingInterrupted"):
+        return f"\ninterrupted: {error}", EXIT_INTERRUPTED, False
+    if isinstance(error, KeyboardInterrupt):  # outside the training loop, which turns signals into TrainingInterrupted
+        return ("\ninterrupted. Every file already written is complete (each is written to a temporary file and "
+                "renamed into place); run the command again to redo what was left.", EXIT_INTERRUPTED, False)
+    if isinstance(error, MemoryError):
+        return out_of_memory_message(error), EXIT_FAILED, True
+    if _raised(error, "training.NonFiniteLoss"):
+        return f"error: {error}", EXIT_FAILED, False
+    if isinstance(error, OSError):  # a full disk, a missing permission, a directory where a file should be
+        return (f"error: could not read or write a file: {error}. Files already there are intact (each is written "
+                "to a temporary file and renamed into place). Free some space or fix the path or its permissions, "
+                "then run again (python train.py --resume RUN_DIR continues an interrupted training run).",
+                EXIT_FAILED, True)
+    if isinstance(error, RuntimeError):
+        distributed = _imported("distributed")
+        if distributed is not None and distributed.lost_peer(error):
+            return lost_peer_message(error), EXIT_FAILED, True
+        if out_of_memory(error):
+            return out_of_memory_message(error), EXIT_FAILED, True
+    return None
+
+
 def run(main: Callable[[], int]) -> int:
-    """Call main(); turn the failures a user can cause or meet into a message and an exit status; leave
-    the process group (under torchrun) at the end."""
+    """Call main(); turn the failures a user can cause or meet into a message and an exit status (``failure``);
+    leave the process group (under torchrun) at the end."""
     for stream in (sys.stdout, sys.stderr):  # "±" on a console whose locale cannot show it: escaped, no traceback
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
     try:
         with _sigterm_as_interrupt():
             return main()
-    except (UserError, DistributedError) as error:
-        _say(f"error: {error}")
-        return EXIT_USAGE
-    except (DataError, CheckpointError, RunFileError) as error:
-        _say(f"error: {error}", every_process=True)
-        return EXIT_USAGE
-    except TrainingInterrupted as stopped:
-        _say(f"\ninterrupted: {stopped}")
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:  # outside the training loop, which turns signals into TrainingInterrupted
-        _say("\ninterrupted. Every file already written is complete (each is written to a temporary "
-             "file and renamed into place); run the command again to redo what was left.")
-        return EXIT_INTERRUPTED
-    except MemoryError as error:
-        _say(out_of_memory_message(error), every_process=True)
-        return EXIT_FAILED
-    except NonFiniteLoss as error:
-        _say(f"error: {error}")
-        return EXIT_FAILED
-    except OSError as error:  # a full disk, a missing permission, a directory where a file should be
-        _say(f"error: could not read or write a file: {error}. Files already there are intact (each "
-             "is written to a temporary file and renamed into place). Free some space or fix the "
-             "path or its permissions, then run again (python train.py --resume RUN_DIR continues "
-             "an interrupted training run).", every_process=True)
-        return EXIT_FAILED
-    except RuntimeError as error:
-        if distributed.lost_peer(error):
-            _say(lost_peer_message(error), every_process=True)
-        elif out_of_memory(error):
-            _say(out_of_memory_message(error), every_process=True)
-        else:
+    except (Exception, KeyboardInterrupt) as error:
+        known = failure(error)
+        if known is None:
             raise
-        return EXIT_FAILED
+        message, status, every_process = known
+        _say(message, every_process)
+        return status
     finally:
-        distributed.shutdown()
+        distributed = _imported("distributed")
+        if distributed is not None:
+            distributed.shutdown()

@@ -1,8 +1,18 @@
-"""The run configuration: every hyperparameter of a run, with the paper's defaults, and the checks of a saved one
-(config.json is read back by evaluate.py, --resume, convergence.py and paper_table.py, and may have been edited)."""
+"""The run configuration: every option of a run, declared once, with the paper's defaults.
+
+Each field of ``RunConfig`` is declared with ``option(...)``: its default, its section (model, training, evaluation
+or data), its help, how train's command line parses it and how a saved value is checked. From that one declaration
+come train's parser (``add_run_options``), the checks of a saved configuration (``RunConfig.from_dict``: config.json
+is read back by evaluate, --resume, --config, convergence and table, and may have been edited), ``to_dict`` and the
+training loop's settings (the training section's options are ``cvae.training.FitSettings``'s fields of the same
+names). Adding an option is one ``option(...)`` line, and code that uses it.
+
+Torch-free, so that train --help starts without torch.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import platform
@@ -12,106 +22,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy
-import torch
+from . import cli
+from .choices import DATASETS, MAX_AR_WINDOW, MAX_EPOCHS, MAX_SEED, PIXEL_LIKELIHOODS, RUN_OBJECTIVES
 
-from .checkpoints import RunFileError, read_json
-from .data import DATASETS
-from .likelihoods import PIXEL_LIKELIHOODS
-from .objectives import RUN_OBJECTIVES
-from .quadrants import IMAGE_SIDE
+SECTIONS = ("model", "training", "evaluation", "data")
+_REQUIRED = object()  # Option.legacy of the options every saved configuration has
 
-# The largest seed: every seed derived from it (seed * 10 + k + 5 for the initial weights, seed * 1_000_003 + epoch
-# for the order of an epoch, seed + rank * 1_000_003 for a process's noise) stays far inside the 64-bit range of
-# torch's generators.
-MAX_SEED = 2**32 - 1
-MAX_EPOCHS = 1_000_000  # below the stride of the data-order seeds (seed * 1_000_003 + epoch, cvae.training)
-MAX_AR_WINDOW = 2 * IMAGE_SIDE - 1  # a window this wide already reaches every pixel from every other
-
-
-@dataclass
-class RunConfig:
-    """Defaults reproduce the paper / Pyro tutorial set-up: MLPs 500-500, z of 200, Adam 1e-3,
-    batch 128, at most 50 epochs with early stopping (patience 3) on the validation loss."""
-
-    quadrants: list[int] = field(default_factory=lambda: [1, 2, 3])
-    epochs: int = 50
-    patience: int = 3
-    batch_size: int = 128
-    lr: float = 1e-3
-    z_dim: int = 200
-    hidden: list[int] = field(default_factory=lambda: [500, 500])
-    autoregressive: bool = False  # an Autoregression term in the generation net's logits (the paper has none)
-    ar_window: int = 0  # its neighbourhood: every earlier pixel (0), or those in a window x window square
-    seed: int = 0
-    objective: str = "cvae"  # "cvae" (ELBO), "gsnn", "hybrid" or "iwae" (objectives.py)
-    alpha: float = 0.5  # the ELBO's weight in the hybrid objective
-    iw_samples: int = 5  # samples of z per image in the importance-weighted objective ("iwae")
-    lr_decay: float = 1.0  # learning rate of epoch e (from 0): lr * lr_decay ** e
-    preset: str = "paper"  # the named set of defaults the run started from (PRESETS)
-    likelihood: str = "bernoulli"  # of y's pixels: "bernoulli" (the paper's) or "continuous-bernoulli"
-    dataset: str = "mnist"
-    binarize: bool = False
-    data_dir: str = "data"
-    train_subset: int | None = None
-    num_samples: int = 100
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: object) -> RunConfig:
-        """The configuration a dict (a saved config.json's "config") describes, after checking every value's type,
-        range and name: a ValueError names the key and says what was wrong and what was expected. Unknown keys are
-        refused, and so are missing ones, except those of LEGACY_DEFAULTS, which runs made before they existed
-        lack (they take the value those runs were made with)."""
-        if not isinstance(values, dict):
-            raise ValueError(f"the configuration is {_shown(values)}, expected an object of settings such as "
-                             '{"quadrants": [1, 2, 3], "epochs": 50, ...}')
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [key for key in values if key not in names]
-        if unknown:
-            raise ValueError(f"unknown key {_keys(unknown)} in the configuration: this version knows "
-                             f"{', '.join(names)} (a newer version wrote it, or it was edited)")
-        missing = [key for key in names if key not in values and key not in LEGACY_DEFAULTS]
-        if missing:
-            raise ValueError(f"key {_keys(missing)} missing from the configuration: every run of this program "
-                             "records it")
-        checked = {}
-        for key in names:
-            value = values.get(key, LEGACY_DEFAULTS.get(key))
-            problem = _CHECKS[key](value)
-            if problem:
-                raise ValueError(f'"{key}" is {_shown(value)}, expected {problem}')
-            checked[key] = float(value) if key in _REALS else list(value) if isinstance(value, list) else value
-        return cls(**checked)
-
-    @property
-    def protocol(self) -> str:
-        return "binarized" if self.binarize else "grayscale"
-
-
-# Named sets of defaults (train.py --preset); options given beside a preset override its values.
+# Named sets of defaults (train --preset); options given beside a preset override its values.
 PRESETS: dict[str, dict] = {
     "paper": {},  # the RunConfig defaults: the paper's set-up
     "strong": {"autoregressive": True},  # README, "A stronger configuration"
 }
 
-# The settings added after the first version, with the value the runs made before them were made with: a saved
-# configuration may lack these (and only these).
-LEGACY_DEFAULTS: dict[str, Any] = {"objective": "cvae", "alpha": 0.5, "iw_samples": 5, "lr_decay": 1.0,
-                                   "preset": "paper", "autoregressive": False, "ar_window": 0,
-                                   "likelihood": "bernoulli"}
+
+@dataclass(frozen=True)
+class Option:
+    """How one run option is given on train's command line and checked in a saved configuration (the field's name
+    and default are the option's; ``option`` declares both)."""
+
+    section: str  # one of SECTIONS; the "training" options are the FitSettings fields of the same names
+    help: str
+    check: Callable[[object], str | None]  # a saved value -> None, or what was expected instead
+    parse: Callable[[str], Any] | None = None  # a command-line value -> the option's (None: a flag, or choices)
+    choices: tuple[str, ...] | None = None
+    many: bool = False  # one or more command-line values, kept once each in increasing order
+    metavar: str | None = None
+    default_text: str | None = None  # the default as --help shows it (None: the default itself)
+    legacy: Any = _REQUIRED  # the value of the saved configurations written before the option existed
+    on_resume: bool = False  # may be given with --resume: it replaces the saved value (where, not what)
 
 
-def _shown(value: object) -> str:
-    text = "null" if value is None else repr(value) if isinstance(value, str | bool | int | float) else \
-        f"a {type(value).__name__} {value!r}"
-    return text if len(text) <= 80 else text[:80] + "..."
-
-
-def _keys(keys: list[str]) -> str:
-    return ", ".join(f'"{key}"' for key in keys)
+def option(default: Any, section: str, help: str, check: Callable[[object], str | None] | None = None,
+           **how: Any) -> Any:
+    """A RunConfig field: its default and its Option (the rest of Option's fields as keywords). A flag's check
+    (a bool default) and a choice's (choices=...) are implied."""
+    if section not in SECTIONS:
+        raise ValueError(f"section {section!r} is not one of {SECTIONS}")
+    if check is None:
+        check = _boolean if isinstance(default, bool) else _one_of(how["choices"])
+    metadata = {"option": Option(section, help, check, **how)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _is_int(value: object) -> bool:
@@ -167,25 +119,197 @@ def _subset(value: object) -> str | None:
     return None if value is None or (_is_int(value) and value > 0) else "null (all images) or a positive integer"
 
 
-_CHECKS: dict[str, Callable[[object], str | None]] = {
-    "quadrants": _quadrants, "epochs": _integer(1, MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS}"),
-    "patience": _integer(1), "batch_size": _integer(1),
-    "lr": _real(lambda v: 0 < v < math.inf, "that is positive and finite, e.g. 0.001"), "z_dim": _integer(1),
-    "hidden": _hidden, "autoregressive": _boolean, "ar_window": _window,
-    "seed": _integer(0, MAX_SEED, f"an integer from 0 to {MAX_SEED}"), "objective": _one_of(RUN_OBJECTIVES),
-    "alpha": _real(lambda v: 0 <= v <= 1, "from 0 to 1"), "iw_samples": _integer(1),
-    "lr_decay": _real(lambda v: 0 < v <= 1, "above 0 and at most 1"), "preset": _one_of(PRESETS),
-    "likelihood": _one_of(PIXEL_LIKELIHOODS), "dataset": _one_of(DATASETS), "binarize": _boolean,
-    "data_dir": _directory, "train_subset": _subset, "num_samples": _integer(1),
-}
-_REALS = ("lr", "alpha", "lr_decay")
+@dataclass
+class RunConfig:
+    """Every option of a run. The defaults reproduce the paper / Pyro tutorial set-up: MLPs 500-500, z of 200,
+    Adam 1e-3, batch 128, at most 50 epochs with early stopping (patience 3) on the validation loss."""
+
+    quadrants: list[int] = option(
+        [1, 2, 3], "data", "input quadrant settings to run", _quadrants, parse=cli.quadrants, many=True, metavar="K")
+    epochs: int = option(
+        50, "training", "at most this many epochs", _integer(1, MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS}"),
+        parse=cli.epochs)
+    patience: int = option(
+        3, "training", "epochs without improvement of the validation loss before stopping", _integer(1),
+        parse=cli.positive_int("--patience"))
+    batch_size: int = option(
+        128, "training", "images per step (under torchrun: the global batch, shared by the processes)",
+        _integer(1), parse=cli.positive_int("--batch-size"))
+    lr: float = option(
+        1e-3, "training", "Adam's learning rate", _real(lambda v: 0 < v < math.inf, "that is positive and finite, "
+                                                         "e.g. 0.001"), parse=cli.positive_float("--lr"))
+    z_dim: int = option(
+        200, "model", "dimension of the latent variable z", _integer(1), parse=cli.positive_int("--z-dim"))
+    hidden: list[int] = option(
+        [500, 500], "model", "hidden layer widths of every network, e.g. 500,500", _hidden, parse=cli.hidden_sizes)
+    autoregressive: bool = option(
+        False, "model", "add an autoregressive term (a masked linear layer over the earlier pixels) to the "
+        "generation net's logits (README, 'A stronger configuration'); the paper's decoder has none", legacy=False)
+    ar_window: int = option(
+        0, "model", "with --autoregressive: only the earlier pixels in a square of this odd width around each "
+        "pixel (0: every earlier pixel)", _window, parse=cli.odd_window("--ar-window"), legacy=0)
+    seed: int = option(
+        0, "training", "of the initial weights, the data order and the noise", _integer(0, MAX_SEED, "an integer "
+                                                                                         f"from 0 to {MAX_SEED}"),
+        parse=cli.seed)
+    objective: str = option(
+        "cvae", "training", "the CVAE's training objective: cvae (the ELBO, eq. 4), gsnn (eq. 9), hybrid (eq. 10) or "
+        "iwae (the importance-weighted bound, Burda et al. 2016)", choices=RUN_OBJECTIVES, legacy="cvae")
+    alpha: float = option(
+        0.5, "training", "weight of the ELBO in the hybrid objective", _real(lambda v: 0 <= v <= 1, "from 0 to 1"),
+        parse=cli.unit_interval("--alpha"), legacy=0.5)
+    iw_samples: int = option(
+        5, "training", "samples of z per image in the iwae objective", _integer(1),
+        parse=cli.positive_int("--iw-samples"), legacy=5)
+    lr_decay: float = option(
+        1.0, "training", "the learning rate of epoch e (from 0) is lr * lr_decay ** e (1: constant)",
+        _real(lambda v: 0 < v <= 1, "above 0 and at most 1"), parse=cli.decay_factor("--lr-decay"), legacy=1.0)
+    preset: str = option(
+        "paper", "model", "named defaults: paper (the paper's set-up) or strong (README, 'A stronger "
+        "configuration'); options given beside it override its values", choices=tuple(PRESETS), legacy="paper")
+    likelihood: str = option(
+        "bernoulli", "model", "of the output pixels: bernoulli (the paper's; a true log-likelihood only with "
+        "--binarize) or continuous-bernoulli (a normalized density on [0, 1] for grayscale pixels)",
+        choices=PIXEL_LIKELIHOODS, legacy="bernoulli")
+    dataset: str = option("mnist", "data", "the images", choices=DATASETS)
+    binarize: bool = option(
+        False, "data", "binarize the targets at 0.5 (--no-binarize: grayscale targets, as the tutorial)")
+    data_dir: str = option(
+        "data", "data", "where the data set is, or is downloaded to", _directory, parse=str, on_resume=True)
+    train_subset: int | None = option(
+        None, "data", "train on the first N training images only (smoke runs)", _subset,
+        parse=cli.positive_int("--train-subset"), metavar="N", default_text="every image")
+    num_samples: int = option(
+        100, "evaluation", "S, samples of z per test image", _integer(1), parse=cli.positive_int("--num-samples"))
+
+    def to_dict(self) -> dict:
+        """Every option by name, as config.json stores it (flat, JSON values)."""
+        return dataclasses.asdict(self)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The options of one section (SECTIONS) by name, e.g. section("training") -> FitSettings(**...)."""
+        return {f.name: getattr(self, f.name) for f in _fields() if _option(f).section == name}
+
+    @classmethod
+    def from_dict(cls, values: object) -> RunConfig:
+        """The configuration a dict (a saved config.json's "config") describes, after checking every value's type,
+        range and name: a ValueError names the key and says what was wrong and what was expected. Unknown keys are
+        refused, and so are missing ones, except those of LEGACY_DEFAULTS, which runs made before they existed
+        lack (they take the value those runs were made with)."""
+        if not isinstance(values, dict):
+            raise ValueError(f"the configuration is {_shown(values)}, expected an object of settings such as "
+                             '{"quadrants": [1, 2, 3], "epochs": 50, ...}')
+        names = [f.name for f in _fields()]
+        unknown = [key for key in values if key not in names]
+        if unknown:
+            raise ValueError(f"unknown key {_keys(unknown)} in the configuration: this version knows "
+                             f"{', '.join(names)} (a newer version wrote it, or it was edited)")
+        missing = [key for key in names if key not in values and key not in LEGACY_DEFAULTS]
+        if missing:
+            raise ValueError(f"key {_keys(missing)} missing from the configuration: every run of this program "
+                             "records it")
+        checked = {}
+        for f in _fields():
+            value = values.get(f.name, LEGACY_DEFAULTS.get(f.name))
+            problem = _option(f).check(value)
+            if problem:
+                raise ValueError(f'"{f.name}" is {_shown(value)}, expected {problem}')
+            checked[f.name] = float(value) if isinstance(f.default, float) else \
+                list(value) if isinstance(value, list) else value
+        return cls(**checked)
+
+    @classmethod
+    def from_options(cls, given: dict[str, Any], start: dict | None = None) -> RunConfig:
+        """The configuration of a new run: the defaults, then the preset's (the one given, else start's, else
+        paper), then start (the options of train --config, checked like a saved configuration), then the options
+        given on the command line (``given_options``). A ValueError as from_dict's for a wrong value in start."""
+        start = dict(start or {})
+        preset = start.get("preset", "paper")
+        values = RunConfig().to_dict() | (PRESETS.get(preset, {}) if isinstance(preset, str) else {}) | start
+        if "preset" in given:  # given beside --config, the preset's values too override the file's
+            values |= PRESETS[given["preset"]]
+        return cls.from_dict(values | given)
+
+    @property
+    def protocol(self) -> str:
+        return "binarized" if self.binarize else "grayscale"
+
+
+def _fields() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(RunConfig)
+
+
+def _option(f: dataclasses.Field) -> Option:
+    return f.metadata["option"]
+
+
+# The options added after the first version, with the value the runs made before them were made with: a saved
+# configuration may lack these (and only these).
+LEGACY_DEFAULTS: dict[str, Any] = {f.name: _option(f).legacy for f in _fields() if _option(f).legacy is not _REQUIRED}
+# The options --resume accepts beside it: where things are, not what the run is (it replaces the saved value).
+RESUME_OPTIONS = frozenset(f.name for f in _fields() if _option(f).on_resume)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an option: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
+def _default_text(f: dataclasses.Field, how: Option) -> str:
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if how.default_text is not None:
+        return how.default_text
+    if isinstance(default, bool):
+        return flag(f.name) if default else f"--no-{flag(f.name)[2:]}"
+    if isinstance(default, list):
+        return (" " if how.many else ",").join(map(str, default))
+    return str(default)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Every run option as a command-line option of parser, in one argument group per section, with its default
+    in its help. An option not given is absent from the parsed namespace (``given_options``), so that the
+    defaults, a preset and a --config file can be layered under the options given (``RunConfig.from_options``)."""
+    groups = {section: parser.add_argument_group(f"{section} options") for section in SECTIONS}
+    for f in _fields():
+        how = _option(f)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "metavar": how.metavar,
+                                  "help": f"{how.help} (default: {_default_text(f, how)})".replace("%", "%%")}
+        if isinstance(f.default, bool):
+            kwargs |= {"action": argparse.BooleanOptionalAction, "metavar": None}
+        elif how.choices is not None:
+            kwargs |= {"choices": how.choices}
+        else:
+            kwargs |= {"type": how.parse, "nargs": "+" if how.many else None}
+        groups[how.section].add_argument(flag(f.name), **kwargs)
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The run options given on the command line (parsed by a parser of ``add_run_options``), by name."""
+    given = {f.name: getattr(args, f.name) for f in _fields() if hasattr(args, f.name)}
+    for f in _fields():
+        if f.name in given and _option(f).many:
+            given[f.name] = sorted(set(given[f.name]))
+    return given
+
+
+def _shown(value: object) -> str:
+    text = "null" if value is None else repr(value) if isinstance(value, str | bool | int | float) else \
+        f"a {type(value).__name__} {value!r}"
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def _keys(keys: list[str]) -> str:
+    return ", ".join(f'"{key}"' for key in keys)
 
 
 def read_run_config(path: str | Path) -> dict:
-    """A run's config.json, checked: an object whose "config" passes RunConfig.from_dict, whose "finished" (if
-    there) is true or false and whose "distributed" (if there) is an object with a positive "world_size". Returns
-    the saved dict; RunFileError (one paragraph naming the file, the key and the problem) otherwise. OSError
-    (missing, unreadable) goes through."""
+    """A run's config.json, checked: an object whose "config" passes RunConfig.from_dict, whose "finished" and
+    "keep_state" (if there) are true or false and whose "distributed" (if there) is an object with a positive
+    "world_size". Returns the saved dict; RunFileError (one paragraph naming the file, the key and the problem)
+    otherwise. OSError (missing, unreadable) goes through."""
+    from .checkpoints import RunFileError, read_json  # torch: only once a command runs
+
     path = Path(path)
     remedy = "Restore the file from a copy of the run, or start a new run with train.py --out."
     saved = read_json(path, "config.json", remedy)
@@ -202,8 +326,9 @@ def read_run_config(path: str | Path) -> dict:
         RunConfig.from_dict(saved["config"])
     except ValueError as error:
         raise refuse(f'is wrong in its "config": {error}') from None
-    if "finished" in saved and not isinstance(saved["finished"], bool):
-        raise refuse(f'has "finished" {_shown(saved["finished"])}, expected true or false')
+    for key in ("finished", "keep_state"):
+        if key in saved and not isinstance(saved[key], bool):
+            raise refuse(f'has "{key}" {_shown(saved[key])}, expected true or false')
     if "distributed" in saved:
         spread = saved["distributed"]
         if not isinstance(spread, dict):
@@ -216,6 +341,9 @@ def read_run_config(path: str | Path) -> dict:
 
 def environment() -> dict:
     """Library versions and machine, recorded beside the configuration of every run."""
+    import numpy
+    import torch
+
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,

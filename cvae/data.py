@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from .checkpoints import atomic_path, remove_stale_temporaries
+from .choices import DATASETS
 
-DATASETS = ("mnist", "fashion-mnist")
 MNIST_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",

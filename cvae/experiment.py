@@ -1,10 +1,11 @@
 """The quadrant experiment end to end: a run directory's layout, training one setting, evaluating a run.
 
 Run directory layout:
-    config.json                 the RunConfig, the environment (versions, machine) and the status
+    config.json                 the RunConfig, the environment (versions, machine) and the status ("finished",
+                                "keep_state": whether the resumable states stay once it is)
     q{k}/baseline.pt, cvae.pt   best checkpoints (lowest validation loss) for k input quadrants
-    q{k}/*_state.pt             resumable training states
-    q{k}/history.json           per-epoch losses of both models
+    q{k}/*_state.pt             resumable training states (deleted when the run is finished, unless --keep-state)
+    q{k}/history.json           per-epoch losses of both models, written once both are trained
     q{k}/per_image.pt           per-image negative CLL of every estimator on the test set
     results.{json,csv,md}       the table;  samples_q{k}.png, training_curves.png  the figures
 
@@ -84,9 +85,30 @@ def predictions(baseline: Regressor, x: torch.Tensor, block: int = 4096) -> torc
 
 
 def fit_settings(config: RunConfig) -> FitSettings:
-    """The training loop's settings of a run configuration."""
-    return FitSettings(config.epochs, config.patience, config.batch_size, config.lr, config.seed,
-                       config.objective, config.alpha, config.iw_samples, config.lr_decay)
+    """The training loop's settings of a run configuration: its training options, by name."""
+    return FitSettings(**config.section("training"))
+
+
+def model_options(kind: str, k: int, config: RunConfig) -> dict:
+    """What a run's model of kind "baseline" or "cvae" for setting k is made of, as its checkpoint records it
+    (``models.model_checkpoint``): the baseline never has the autoregressive term (autoregressive_baseline.py's
+    control is not a run's model)."""
+    autoregressive = kind == "cvae" and config.autoregressive
+    options = {"num_quadrants": k, "hidden": list(config.hidden), "likelihood": config.likelihood,
+               "autoregressive": autoregressive, "ar_window": config.ar_window if autoregressive else 0}
+    if kind == "cvae":
+        options["z_dim"] = config.z_dim
+    return options
+
+
+def new_model(kind: str, k: int, config: RunConfig, baseline: BaselineNet | None = None) -> BaselineNet | CVAE:
+    """A new, untrained model of a run, from its configuration (``model_options``): the baseline, or the CVAE on
+    top of a trained baseline."""
+    options = model_options(kind, k, config)
+    if kind == "baseline":
+        return BaselineNet(k, options["hidden"], options["autoregressive"], options["ar_window"],
+                           by_name(options["likelihood"]))
+    return CVAE(baseline, options["z_dim"], options["hidden"], options["autoregressive"], options["ar_window"])
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
@@ -158,6 +180,8 @@ def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, devi
     Returns both histories. Stages already finished in run_dir are skipped, unfinished ones resumed.
     """
     paths = setting_paths(run_dir, k)
+    if setting_trained(paths):  # its resumable states may be gone (delete_states): nothing is trained again
+        return read_history(paths)
     task = QuadrantTask(k)
     train_images = splits.train if config.train_subset is None else splits.train[:config.train_subset]
     train = task_data(train_images, task, config.binarize, device)
@@ -165,19 +189,48 @@ def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, devi
     settings = fit_settings(config)
 
     torch.manual_seed(config.seed * 10 + k)  # initial weights, the same whether resumed or not
-    baseline = BaselineNet(k, config.hidden, likelihood=by_name(config.likelihood)).to(device)
+    baseline = new_model("baseline", k, config).to(device)
     histories = {"baseline": train_loop(baseline, train, val, settings, paths.baseline,
                                  paths.baseline_state, stop, progress, f"q{k} baseline")}
 
     torch.manual_seed(config.seed * 10 + k + 5)
     best_baseline = load_model(paths.baseline, "baseline", k, config, device)
-    cvae = CVAE(best_baseline, config.z_dim, config.hidden, config.autoregressive, config.ar_window).to(device)
+    cvae = new_model("cvae", k, config, best_baseline).to(device)
     train, val = (*train, predictions(best_baseline, train[0])), (*val, predictions(best_baseline, val[0]))
     histories["cvae"] = train_loop(cvae, train, val, settings, paths.cvae, paths.cvae_state, stop,
                             progress, f"q{k} cvae")
     if distributed.is_main():
         checkpoints.write_json(paths.history, histories)
     return histories
+
+
+def setting_trained(paths: SettingPaths) -> bool:
+    """Whether a setting's training is finished: train_setting writes history.json once both stages are, beside
+    their best checkpoints."""
+    return paths.history.is_file() and paths.baseline.is_file() and paths.cvae.is_file()
+
+
+def read_history(paths: SettingPaths) -> dict[str, list[dict]]:
+    """A setting's history.json: {"baseline": [...], "cvae": [...]}, the per-epoch losses of both models."""
+    return checkpoints.read_json(
+        paths.history, "history.json",
+        "Delete it to evaluate without its training curves, or restore it from a copy of the run.")
+
+
+def delete_states(run_dir: Path, quadrants: list[int]) -> int:
+    """Delete the resumable training states of a finished run (most of its size); returns the bytes freed. The
+    best checkpoints and history.json stay, and say that each setting is trained (``setting_trained``). Rank 0
+    only (0 elsewhere)."""
+    if not distributed.is_main():
+        return 0
+    freed = 0
+    for k in quadrants:
+        paths = setting_paths(run_dir, k)
+        for state in (paths.baseline_state, paths.cvae_state):
+            if state.is_file():
+                freed += state.stat().st_size
+                state.unlink()
+    return freed
 
 
 def read_run(run_dir: Path) -> dict:
@@ -199,20 +252,15 @@ def load_model(path: Path, kind: str, k: int, config: RunConfig,
     if checkpoint.get("kind") != kind:
         raise checkpoints.CheckpointError(
             f"checkpoint {path} holds a {checkpoint.get('kind')!r} model, expected {kind!r}.")
-    expected = {"num_quadrants": k, "hidden": list(config.hidden), "likelihood": config.likelihood,
-                "autoregressive": kind == "cvae" and config.autoregressive}  # the baseline never has the term
-    if kind == "cvae":
-        expected["z_dim"] = config.z_dim
-        if config.autoregressive:
-            expected["ar_window"] = config.ar_window
-    checkpoints.expect_config(checkpoint, expected, path)
+    checkpoints.expect_config(checkpoint, model_options(kind, k, config), path)
     return build_model(checkpoint, path).to(device)
 
 
 def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch.device,
                  num_samples: int, test_subset: int | None = None,
-                 progress: bool = True) -> tuple[dict, str]:
-    """Evaluate every trained setting of a run on the test set; write the tables and figures.
+                 progress: bool = True, arithmetic: str = "fp32") -> tuple[dict, str]:
+    """Evaluate every trained setting of a run on the test set; write the tables and figures. arithmetic: the
+    resolved precision of the networks' matrix products, "fp32" or "bf16" (``cvae.precision.resolve``).
 
     Returns the results dict (also in results.json) and the markdown table. Under torchrun each process
     evaluates a share of the test images; rank 0 gathers them, writes and returns the table ("" elsewhere).
@@ -221,7 +269,7 @@ def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch
     results: dict = {"dataset": config.dataset, "protocol": config.protocol, "likelihood": config.likelihood,
                      "objective": config.objective,
                      "alpha": config.alpha, "seed": config.seed, "preset": config.preset,
-                     "num_samples": num_samples, "test_examples": int(test_images.shape[0])}
+                     "num_samples": num_samples, "test_examples": int(test_images.shape[0]), "precision": arithmetic}
     histories = {}
     # one test digit of each class, the first in test order, for the sample grids
     shown = torch.stack([(splits.test_labels == c).nonzero()[0, 0] for c in range(10)])
@@ -235,7 +283,7 @@ def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch
         x, y = task_data(test_images, task, config.binarize, device)
         started = time.perf_counter()
         values = sharded_per_image_cll(baseline, cvae, x, y, num_samples, config.seed,
-                                       progress and distributed.is_main(), f"q{k}")
+                                       progress and distributed.is_main(), f"q{k}", arithmetic=arithmetic)
         results[str(k)] = summarize(values) | {"seconds": time.perf_counter() - started}
         if not distributed.is_main():
             continue
@@ -244,9 +292,7 @@ def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch
         figures.sample_grid(baseline, cvae, xs, ys, Path(run_dir) / f"samples_q{k}.png",
                             seed=config.seed, title=f"{k} input quadrant{'s' if k > 1 else ''}")
         if paths.history.exists():
-            histories[str(k)] = checkpoints.read_json(
-                paths.history, "history.json",
-                "Delete it to evaluate without its training curves, or restore it from a copy of the run.")
+            histories[str(k)] = read_history(paths)
     if not distributed.is_main():
         return results, ""
     if histories:

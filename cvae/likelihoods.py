@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .choices import PIXEL_LIKELIHOODS  # noqa: F401 (the likelihoods for pixels in [0, 1], named here too)
 from .distributions import LOG_2PI, bernoulli_log_likelihood
 
 MIN_SCALE = 1e-4  # keeps every Gaussian scale strictly positive (the constant of the library's Gaussian heads)
@@ -362,9 +363,6 @@ def from_config(config: dict[str, Any]) -> Likelihood:
         raise ValueError(f"a likelihood config is a dict with a 'name', not {config!r}")
     options = {key: value for key, value in config.items() if key != "name"}
     return by_name(config["name"], **options)
-
-
-PIXEL_LIKELIHOODS = ("bernoulli", "continuous-bernoulli")  # the likelihoods for pixels in [0, 1] (train.py)
 
 
 def check_likelihood(likelihood: object) -> Likelihood:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+from .choices import PRECISIONS
 
 def cpu_info() -> tuple[str, set[str]]:
     """The CPU's vendor and feature flags (Linux: /proc/cpuinfo; elsewhere "" and an empty set)."""

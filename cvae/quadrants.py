@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-IMAGE_SIDE = 28
+from .choices import IMAGE_SIDE
+
 NUM_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 MISSING = -1.0
 

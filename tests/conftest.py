@@ -140,12 +140,14 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
 @pytest.fixture(scope="session")
 def finished_run(mnist_files: tuple[Path, dict[str, str]],
                  tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished, evaluated tiny run with settings 1 and 2 (2 epochs each). Copy it before changing it."""
+    """A finished, evaluated tiny run with settings 1 and 2 (2 epochs each), with its resumable states
+    (--keep-state). Copy it before changing it."""
     data_dir, md5s = mnist_files
     run_dir = tmp_path_factory.mktemp("finished") / "run"
     with offline(md5s):
         status, err = invoke(load_script("train").main, [*TINY, "--epochs", "2", "--quadrants", "1", "2",
-                                                 "--data-dir", str(data_dir), "--out", str(run_dir)])
+                                                         "--keep-state", "--data-dir", str(data_dir), "--out",
+                                                         str(run_dir)])
     assert status == 0, err
     return run_dir
 

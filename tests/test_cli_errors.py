@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY, invoke, load_script, unchanged
 
+from cvae import checkpoints
 from cvae.models import CVAE, BaselineNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,6 +113,17 @@ def copy(source: str, target: str) -> Callable[[Workspace], object]:
     return lambda ws: shutil.copy(ws.run / source, ws.run / target)
 
 
+def unfinished(k: int, damage: Callable[[Workspace], object]) -> Callable[[Workspace], object]:
+    """The run made unfinished in setting k (config.json says unfinished, and q{k} has no history.json: --resume
+    trains it from its resumable states), then damage(ws)."""
+    def prepare(ws: Workspace) -> None:
+        path = ws.run / "config.json"
+        checkpoints.write_json(path, json.loads(path.read_text()) | {"finished": False})
+        (ws.run / f"q{k}" / "history.json").unlink()
+        damage(ws)
+    return prepare
+
+
 def unsafe(ws: Workspace) -> dict:
     return {"kind": _Unsafe(ws.root / "pwned")}
 
@@ -165,12 +177,12 @@ TRAIN_CASES = [
     Case("resume-other-out", lambda ws: ["--resume", str(ws.run), "--out", str(ws.root / "x")],
          ("--out", "Leave those options out")),
     Case("resume-truncated-state", resume(), ("q1/baseline_state.pt", "cannot be loaded safely"),
-         prepare=truncate("q1/baseline_state.pt")),
+         prepare=unfinished(1, truncate("q1/baseline_state.pt"))),
     Case("resume-unsafe-state", resume(), ("q1/cvae_state.pt", "arbitrary unpickling", "refused for safety"),
-         prepare=put("q1/cvae_state.pt", unsafe)),
+         prepare=unfinished(1, put("q1/cvae_state.pt", unsafe))),
     Case("resume-state-of-other-setting", resume(),
          ("q2/cvae_state.pt", "not a training state for this model", "size mismatch", "Delete it"),
-         prepare=copy("q1/cvae_state.pt", "q2/cvae_state.pt")),
+         prepare=unfinished(2, copy("q1/cvae_state.pt", "q2/cvae_state.pt"))),
 ]
 
 EVALUATE_CASES = [

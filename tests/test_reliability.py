@@ -172,7 +172,8 @@ def test_interrupted_run_resumes_bit_identically(mnist_dir: Path, tmp_path: Path
 
 
 def test_strong_preset_with_decaying_learning_rate_resumes_bit_identically(mnist_dir: Path, tmp_path: Path) -> None:
-    extra = ["--preset", "strong", "--objective", "iwae", "--iw-samples", "3", "--lr-decay", "0.5", "--no-eval"]
+    extra = ["--preset", "strong", "--objective", "iwae", "--iw-samples", "3", "--lr-decay", "0.5", "--no-eval",
+             "--keep-state"]
     status, err = train(mnist_dir, tmp_path / "whole", *extra)
     assert status == 0, err
     config = json.loads((tmp_path / "whole/config.json").read_text())["config"]
@@ -347,7 +348,7 @@ def test_checkpoint_needing_arbitrary_unpickling_is_refused(tmp_path: Path) -> N
 def test_torch_load_only_with_weights_only() -> None:
     """The one torch.load of the code base is checkpoints.load's, with weights_only=True."""
     calls = {path: path.read_text().count("torch.load(")
-             for path in [*sorted((ROOT / "cvae").glob("*.py")), ROOT / "train.py", ROOT / "evaluate.py"]}
+             for path in [*sorted((ROOT / "cvae").rglob("*.py")), ROOT / "train.py", ROOT / "evaluate.py"]}
     assert {path.name: n for path, n in calls.items() if n} == {"checkpoints.py": 1}
     assert "torch.load(path, map_location=map_location, weights_only=True)" in \
         (ROOT / "cvae" / "checkpoints.py").read_text()
