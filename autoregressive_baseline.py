@@ -61,6 +61,7 @@ def _saved_config(path: Path) -> object:
 
 def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
     args = parse_args(argv)
+    cli.start_torch()
     device = cli.resolve_device(args.device)
     out = Path(args.out)
     run_lock.check_directory_path(out, "--out")

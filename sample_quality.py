@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    cli.start_torch()
     device = cli.resolve_device(args.device)
     run_dir = Path(args.run_dir)
     with run_lock.hold(run_dir, command="sample_quality.py"):  # it writes sample_quality.json into the run

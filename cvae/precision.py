@@ -23,6 +23,7 @@ import torch
 
 from .choices import PRECISIONS
 
+
 def cpu_info() -> tuple[str, set[str]]:
     """The CPU's vendor and feature flags (Linux: /proc/cpuinfo; elsewhere "" and an empty set)."""
     try:
