@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 import torch
-from common import log, machine, median_seconds, our_models, quadrant_data
+from common import log, machine, median_seconds, our_models, quadrant_data, start
 
 from cvae import estimators
 from cvae.config import RunConfig
@@ -111,8 +111,7 @@ def measure_one(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     args = parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    start(args.threads)
     if args.one:
         print(json.dumps(measure_one(args)))
         return

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import DATA_DIR, log, machine, our_models, synchronize
+from common import DATA_DIR, log, machine, our_models, start, synchronize
 
 from cvae.config import RunConfig
 from cvae.data import load_splits
@@ -57,9 +57,7 @@ def models(args: argparse.Namespace, k: int, device: torch.device):
 
 def main() -> None:
     args = parse_args()
-    torch.set_flush_denormal(True)  # as the commands do
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    start(args.threads)
     device = torch.device(args.device)
     info = machine()
     splits = load_splits(DATA_DIR)

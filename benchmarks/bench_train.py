@@ -32,6 +32,7 @@ from common import (
     our_models,
     profile_ops,
     quadrant_data,
+    start,
     timed,
 )
 
@@ -54,8 +55,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    start(args.threads)
     device = torch.device(args.device)
     info = machine()
     data = quadrant_data(args.quadrants, device)["train"]

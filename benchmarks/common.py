@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cvae import precision
+from cvae import cli, precision
 from cvae.data import load_splits
 from cvae.experiment import task_data
 from cvae.models import CVAE, BaselineNet
@@ -68,6 +68,14 @@ def machine() -> dict:
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_1min_at_start": round(os.getloadavg()[0], 2),
     }
+
+
+def start(threads: int | None) -> None:
+    """What every benchmark does first, as the commands do (cvae.cli.start_torch): flush denormals, before any
+    torch operation starts the CPU threads (they inherit it only when created); then the thread count, if given."""
+    cli.start_torch()
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def synchronize(device: torch.device) -> None:
@@ -132,10 +140,11 @@ def our_models(k: int, device: torch.device, seed: int = 0) -> tuple[BaselineNet
 
 @dataclass
 class OurTrainer:
-    """cvae.training.fit's inner loop in one process, without validation and checkpoints: flush denormals,
-    gather a batch by the epoch's order, cvae.training.train_step on FitSettings.loss (objectives.training_loss,
-    the ELBO for the CVAE) with fused Adam (lr 1e-3), record the loss, check finiteness every 50 steps.
-    data = (x, y) for the baseline, (x, y, filled) for the CVAE; precision: "fp32" or "bf16" (cvae.precision)."""
+    """cvae.training.fit's inner loop in one process, without validation and checkpoints (denormals flushed by
+    ``start``): gather a batch by the epoch's order, cvae.training.train_step on FitSettings.loss
+    (objectives.training_loss, the ELBO for the CVAE) with fused Adam (lr 1e-3), record the loss, check finiteness
+    every 50 steps. data = (x, y) for the baseline, (x, y, filled) for the CVAE; precision: "fp32" or "bf16"
+    (cvae.precision)."""
 
     model: nn.Module
     data: tuple[torch.Tensor, ...]
@@ -145,7 +154,6 @@ class OurTrainer:
 
     def __post_init__(self) -> None:
         device = self.data[0].device
-        torch.set_flush_denormal(True)  # as fit does (process-wide)
         self.settings = FitSettings(batch_size=self.batch_size, lr=1e-3, seed=self.seed)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(parameters, lr=1e-3, fused=device.type in FUSED_ADAM_DEVICES)

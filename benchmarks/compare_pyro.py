@@ -51,6 +51,7 @@ from common import (
     our_models,
     profile_ops,
     quadrant_data,
+    start,
     timed,
     training_flops,
 )
@@ -74,8 +75,8 @@ def tutorial_view(task: QuadrantTask, x: torch.Tensor, y: torch.Tensor) -> tuple
 
 
 def batches(data: tuple[torch.Tensor, ...], order: torch.Tensor, size: int):
-    for start in range(0, order.numel(), size):
-        index = order[start:start + size]
+    for first in range(0, order.numel(), size):
+        index = order[first:first + size]
         yield tuple(t[index] for t in data)
 
 
@@ -180,8 +181,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    start(args.threads)
     if args.max_rows is not None:
         estimators.MAX_ROWS = args.max_rows
     device = torch.device(args.device)
