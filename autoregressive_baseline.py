@@ -81,7 +81,8 @@ def control(args: argparse.Namespace, device, out: Path, stop: StopFlag | None) 
     remove_stale_temporaries(out)
     splits = load_splits(config.data_dir, config.dataset)
     checkpoints.write_json(out / "config.json", saved)
-    settings = fit_settings(config)  # the paper's: the baseline trains on its exact likelihood whatever the objective
+    # the paper's: the baseline trains on its exact likelihood whatever the objective
+    settings = fit_settings(config, device)
     cells, started = [], time.perf_counter()
     try:
         with stop_on_signals(stop or StopFlag()) as stop:

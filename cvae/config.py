@@ -5,7 +5,8 @@ or data), its help, how train's command line parses it and how a saved value is 
 come train's parser (``add_run_options``), the checks of a saved configuration (``RunConfig.from_dict``: config.json
 is read back by evaluate, --resume, --config, convergence and table, and may have been edited), ``to_dict`` and the
 training loop's settings (the training section's options are ``cvae.training.FitSettings``'s fields of the same
-names). Adding an option is one ``option(...)`` line, and code that uses it.
+names, but for train_precision, FitSettings.precision once resolved for the device). Adding an option is one
+``option(...)`` line, and code that uses it.
 
 Torch-free, so that train --help starts without torch.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cli
-from .choices import DATASETS, MAX_AR_WINDOW, MAX_EPOCHS, MAX_SEED, PIXEL_LIKELIHOODS, RUN_OBJECTIVES
+from .choices import DATASETS, MAX_AR_WINDOW, MAX_EPOCHS, MAX_SEED, PIXEL_LIKELIHOODS, PRECISIONS, RUN_OBJECTIVES
 
 SECTIONS = ("model", "training", "evaluation", "data")
 _REQUIRED = object()  # Option.legacy of the options every saved configuration has
@@ -31,7 +32,7 @@ _REQUIRED = object()  # Option.legacy of the options every saved configuration h
 # Named sets of defaults (train --preset); options given beside a preset override its values.
 PRESETS: dict[str, dict] = {
     "paper": {},  # the RunConfig defaults: the paper's set-up
-    "strong": {"autoregressive": True},  # README, "A stronger configuration"
+    "strong": {"autoregressive": True},  # docs/strong.md
 }
 
 
@@ -144,7 +145,7 @@ class RunConfig:
         [500, 500], "model", "hidden layer widths of every network, e.g. 500,500", _hidden, parse=cli.hidden_sizes)
     autoregressive: bool = option(
         False, "model", "add an autoregressive term (a masked linear layer over the earlier pixels) to the "
-        "generation net's logits (README, 'A stronger configuration'); the paper's decoder has none", legacy=False)
+        "generation net's logits (docs/strong.md); the paper's decoder has none", legacy=False)
     ar_window: int = option(
         0, "model", "with --autoregressive: only the earlier pixels in a square of this odd width around each "
         "pixel (0: every earlier pixel)", _window, parse=cli.odd_window("--ar-window"), legacy=0)
@@ -164,9 +165,13 @@ class RunConfig:
     lr_decay: float = option(
         1.0, "training", "the learning rate of epoch e (from 0) is lr * lr_decay ** e (1: constant)",
         _real(lambda v: 0 < v <= 1, "above 0 and at most 1"), parse=cli.decay_factor("--lr-decay"), legacy=1.0)
+    train_precision: str = option(
+        "fp32", "training", "the arithmetic of the networks' matrix products in training: fp32, bf16 (autocast; the "
+        "losses stay float32), or auto (bf16 where the hardware multiplies it natively and fast, cvae.precision)",
+        choices=PRECISIONS, legacy="fp32")
     preset: str = option(
-        "paper", "model", "named defaults: paper (the paper's set-up) or strong (README, 'A stronger "
-        "configuration'); options given beside it override its values", choices=tuple(PRESETS), legacy="paper")
+        "paper", "model", "named defaults: paper (the paper's set-up) or strong (docs/strong.md); "
+        "options given beside it override its values", choices=tuple(PRESETS), legacy="paper")
     likelihood: str = option(
         "bernoulli", "model", "of the output pixels: bernoulli (the paper's; a true log-likelihood only with "
         "--binarize) or continuous-bernoulli (a normalized density on [0, 1] for grayscale pixels)",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoints, distributed, figures, report
+from . import checkpoints, distributed, figures, precision, report
 from .checkpoints import RunFileError
 from .cli import UserError
 from .config import RunConfig, read_run_config
@@ -84,9 +84,12 @@ def predictions(baseline: Regressor, x: torch.Tensor, block: int = 4096) -> torc
     return torch.cat([baseline(part) for part in x.split(block)])
 
 
-def fit_settings(config: RunConfig) -> FitSettings:
-    """The training loop's settings of a run configuration: its training options, by name."""
-    return FitSettings(**config.section("training"))
+def fit_settings(config: RunConfig, device: torch.device) -> FitSettings:
+    """The training loop's settings of a run configuration: its training options, by name, with train_precision
+    resolved for the device (``cvae.precision.resolve``) as FitSettings.precision."""
+    options = config.section("training")
+    arithmetic = precision.resolve(options.pop("train_precision"), device)
+    return FitSettings(**options, precision=arithmetic)
 
 
 def model_options(kind: str, k: int, config: RunConfig) -> dict:
@@ -186,7 +189,7 @@ def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, devi
     train_images = splits.train if config.train_subset is None else splits.train[:config.train_subset]
     train = task_data(train_images, task, config.binarize, device)
     val = task_data(splits.val, task, config.binarize, device)
-    settings = fit_settings(config)
+    settings = fit_settings(config, device)
 
     torch.manual_seed(config.seed * 10 + k)  # initial weights, the same whether resumed or not
     baseline = new_model("baseline", k, config).to(device)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, TINY, invoke, load_script
 
 from cvae import cli, commands
@@ -76,10 +77,12 @@ def test_import_leaves_denormals_alone_and_the_commands_flush_them(tmp_path: Pat
 
 def test_the_training_options_reach_the_training_loop_by_name() -> None:
     config = RunConfig(epochs=7, patience=2, batch_size=32, lr=0.01, seed=5, objective="hybrid", alpha=0.25,
-                       iw_samples=9, lr_decay=0.9)
-    settings = fit_settings(config)
+                       iw_samples=9, lr_decay=0.9, train_precision="bf16")
+    settings = fit_settings(config, torch.device("cpu"))
     assert (settings.epochs, settings.patience, settings.batch_size, settings.lr, settings.seed, settings.objective,
-            settings.alpha, settings.iw_samples, settings.lr_decay) == (7, 2, 32, 0.01, 5, "hybrid", 0.25, 9, 0.9)
+            settings.alpha, settings.iw_samples, settings.lr_decay, settings.precision) == \
+        (7, 2, 32, 0.01, 5, "hybrid", 0.25, 9, 0.9, "bf16")
+    assert fit_settings(RunConfig(), torch.device("cpu")).precision == "fp32"  # training is float32 by default
 
 
 def new_run(data: Path, out: Path, *extra: str) -> tuple[int, str]:
