@@ -132,3 +132,29 @@ def test_no_true_likelihood_where_the_score_already_is_one(mnist_dir: Path, tmp_
     assert set(SAMPLE_KEYS) <= set(saved["1"])
     table = (out / "results.md").read_text()
     assert "true CLL of binarized outputs" not in table and "The targets are binary" in table
+
+
+def test_paper_table_shows_them_beside_runs_evaluated_before_they_existed(mnist_dir: Path, finished_run: Path,
+                                                                          run: Path) -> None:
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["seed"] = 1  # another seed of the same configuration, evaluated again
+    (run / "config.json").write_text(json.dumps(saved))
+    status, err = invoke(evaluate_script.main, [str(run), *EVALUATE, "--sample-k", "3"])
+    assert status == 0, err
+    status, err = invoke(load_script("paper_table").main, [str(finished_run), str(run)])
+    assert status == 2 and "K is 10" in err and "but 3" in err and "--sample-k K" in err, err
+
+    old = results(run)  # as evaluate wrote it before these existed
+    for key in ("binarizations", "sample_k", "z_dim", "classifier_test_accuracy"):
+        del old[key]
+    for k in ("1", "2"):
+        old[k] = {key: value for key, value in old[k].items() if key not in (*TRUE_KEYS, *SAMPLE_KEYS, ACTIVE_UNITS)}
+    (run / "results.json").write_text(json.dumps(old))
+    table = run / "table.md"
+    status, err = invoke(load_script("paper_table").main, [str(finished_run), str(run), "--out", str(table)])
+    assert status == 0, err
+    text = table.read_text()
+    assert "| NN, true CLL of binarized outputs (exact) | — | — |" in text
+    assert "| samples judged as samples, K = 10 | 1 quadrant | 2 quadrants |" in text
+    assert "| CVAE, best-of-10 squared error | — | — |" in text
+    assert text.index("samples judged as samples") < text.index("Paired comparison")
