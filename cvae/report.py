@@ -75,8 +75,9 @@ def markdown_table(results: dict) -> str:
                      + " |")
     lines.append("")
     if gsnn:
+        true_is = ", true CLL by importance sampling" if "cvae_true_is" in results[settings[0]] else ""
         lines.append("GSNN objective: the recognition net is not trained, so the rows that sample from it "
-                     "(negative ELBO, importance sampling, gap) are left out; results.json keeps them.")
+                     f"(negative ELBO, importance sampling, gap{true_is}) are left out; results.json keeps them.")
     likelihood = results.get("likelihood", "bernoulli")
     under = "" if likelihood == "bernoulli" else f" under the {likelihood} likelihood (a normalized density)"
     lines.append(f"{_true_likelihood_note(results)}{results['dataset']}, {results['protocol']} targets{under}, "
@@ -112,12 +113,12 @@ def _csv_rows(results: dict) -> list[list[str]]:
     """row, setting, mean, sem of every value of results.json's settings (the active units: a count, no sem)."""
     rows = []
     for key in (*ROW_NAMES, *TRUE_ROW_NAMES, *SAMPLE_ROWS):
-        for k in _settings(results):
-            value = results[k].get(key, "absent")
-            if isinstance(value, dict):
-                rows.append([key, k, f"{value['mean']:.6f}", f"{value['sem']:.6f}"])
-            elif key == ACTIVE_UNITS and value != "absent":
+        for k in (k for k in _settings(results) if key in results[k]):
+            value = results[k][key]
+            if key == ACTIVE_UNITS:
                 rows.append([key, k, "" if value is None else str(value), ""])
+            else:
+                rows.append([key, k, f"{value['mean']:.6f}", f"{value['sem']:.6f}"])
     return rows
 
 
