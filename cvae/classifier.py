@@ -1,17 +1,19 @@
-"""A digit classifier for judging completed images: a small CNN trained on MNIST's training split, cached.
+"""A digit classifier for judging completed images: a small CNN trained on a data set's training split, cached.
 
     DigitClassifier: conv 5x5 (16) -> ReLU -> max-pool 2 -> conv 5x5 (32) -> ReLU -> max-pool 2 -> dropout
                      -> fc 128 -> ReLU -> dropout -> fc 10 (logits), on images in [0, 1] (N, 784)
 
 (the LeNet layout, LeCun et al. 1998, with ReLU, max-pooling and dropout), trained with Adam on the cross-entropy
 for a few epochs, seeded. ``digit_classifier`` trains it once on the 50 000 images of ``load_splits(...).train``
-and caches its weights and its test accuracy at <data_dir>/classifier/<dataset>_cnn.pt; later calls load them.
+(MNIST's digits; for Fashion-MNIST, the same network on its ten classes of clothing) and caches its weights and
+its test accuracy at <data_dir>/classifier/<dataset>_cnn.pt; later calls load them.
 ``completed_images`` puts a model's predicted pixels back into the input image (QuadrantTask.combine), and
 ``class_probabilities`` gives the classifier's softmax over the ten classes for any number of images.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoints
-from .data import load_splits
+from .data import Splits, load_splits
 from .quadrants import IMAGE_SIDE, NUM_PIXELS, QuadrantTask
 
 KIND = "digit_classifier"
@@ -73,10 +75,12 @@ def completed_images(x: torch.Tensor, y_samples: torch.Tensor, task: QuadrantTas
 
 @torch.inference_mode()
 def class_probabilities(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """softmax(logits) of every image: (..., 784) -> (..., 10), classified in blocks of BLOCK in eval mode."""
+    """softmax(logits) of every image: (..., 784) -> (..., 10), classified in blocks of BLOCK in eval mode; the
+    softmax in the images' dtype, also under a bf16 autocast."""
     model.eval()
     flat = images.reshape(-1, NUM_PIXELS)
-    probs = torch.cat([F.softmax(model(part), dim=-1) for part in flat.split(BLOCK)])
+    # the logits in the images' dtype (float32 under a bf16 autocast, cvae.precision) before the softmax
+    probs = torch.cat([F.softmax(model(part).to(flat.dtype), dim=-1) for part in flat.split(BLOCK)])
     return probs.reshape(*images.shape[:-1], NUM_CLASSES)
 
 
@@ -139,22 +143,33 @@ def save_classifier(model: DigitClassifier, path: str | Path, **record) -> None:
 def digit_classifier(data_dir: str | Path, device: torch.device | str = "cpu", progress: bool = True, *,
                      dataset: str = "mnist", path: str | Path | None = None, epochs: int = 3,
                      seed: int = 0) -> DigitClassifier:
-    """The classifier of ``dataset``'s images, in eval mode on device: loaded from path (by default
-    <data_dir>/classifier/<dataset>_cnn.pt) when it is there; otherwise trained on the training split of
-    load_splits(data_dir, dataset) (50 000 images), evaluated on the test split, and saved there (atomically) with
-    its test accuracy and training time. Prints the test accuracy when it trains."""
+    """The classifier of ``dataset``'s images, in eval mode on device (``classifier_and_record``'s)."""
+    return classifier_and_record(data_dir, device, progress, dataset=dataset, path=path, epochs=epochs,
+                                 seed=seed)[0]
+
+
+def classifier_and_record(data_dir: str | Path, device: torch.device | str = "cpu", progress: bool = True, *,
+                          dataset: str = "mnist", path: str | Path | None = None, epochs: int = 3, seed: int = 0,
+                          splits: Splits | None = None) -> tuple[DigitClassifier, dict]:
+    """The classifier of ``dataset``'s images, in eval mode on device, and its record (test_accuracy, ...): loaded
+    from path (by default <data_dir>/classifier/<dataset>_cnn.pt) when it is there; otherwise trained on the
+    training split of ``splits`` (by default load_splits(data_dir, dataset): 50 000 images), evaluated on its
+    test split, and saved there (atomically) with its test accuracy and training time. When it trains it says so
+    on stderr first (a few minutes on a CPU, once per data directory), then its test accuracy."""
     path = Path(path) if path is not None else default_path(data_dir, dataset)
     if path.exists():
-        return load_classifier(path, device)[0]
-    splits = load_splits(data_dir, dataset)
+        return load_classifier(path, device)
+    splits = splits if splits is not None else load_splits(data_dir, dataset)
+    print(f"note: training a {dataset} classifier on the {splits.train.shape[0]} training images for the sample "
+          f"metrics: a few minutes on a CPU, once per data directory (it is saved to {path})", file=sys.stderr)
     device = torch.device(device)
     started = time.perf_counter()
     model = train_classifier(splits.train.to(device), splits.train_labels, epochs=epochs, seed=seed,
                              progress=progress)
     seconds = time.perf_counter() - started
-    test_accuracy = accuracy(model, splits.test.to(device), splits.test_labels)
-    save_classifier(model, path, test_accuracy=test_accuracy, train_seconds=seconds, epochs=epochs, seed=seed,
-                    train_images=int(splits.train.shape[0]), dataset=dataset)
-    print(f"digit classifier: test accuracy {100 * test_accuracy:.2f}% on {splits.test.shape[0]} {dataset} test "
-          f"images, trained in {seconds:.0f} s; saved to {path}")
-    return model
+    record = {"test_accuracy": accuracy(model, splits.test.to(device), splits.test_labels), "train_seconds": seconds,
+              "epochs": epochs, "seed": seed, "train_images": int(splits.train.shape[0]), "dataset": dataset}
+    save_classifier(model, path, **record)
+    print(f"{dataset} classifier: test accuracy {100 * record['test_accuracy']:.2f}% on {splits.test.shape[0]} test "
+          f"images, trained in {seconds:.0f} s; saved to {path}", file=sys.stderr)
+    return model, record

@@ -195,6 +195,22 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
                         "with bf16, a CPU with AMX), fp32 elsewhere (default: auto)")
 
 
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    """The evaluation's options beyond the CLL (cvae.sample_evaluation): --binarizations T and --sample-k K."""
+    parser.add_argument("--binarizations", type=positive_int("--binarizations"), default=1, metavar="T",
+                        help="draws b ~ Bernoulli(t) per test image for the true CLL of binarized outputs, "
+                        "-E_b log p(b|x), computed where the Bernoulli score of grayscale targets t is no "
+                        "log-probability (not with --binarize or the continuous Bernoulli). With one draw the "
+                        "estimate is unbiased and its standard error over images includes the binarization noise; "
+                        "more draws lower that noise (default: 1)")
+    parser.add_argument("--sample-k", type=non_negative_int("--sample-k"), default=10, metavar="K",
+                        help="predictions per test image for the samples judged as samples: the best-of-K squared "
+                        "error, a classifier's plausibility, diversity and distinct labels of the completed images, "
+                        "the CVAE's KL(q||p) and active units; 0 leaves them out. The classifier is trained on the "
+                        "data set's training split when first needed (a few minutes, once per data directory) "
+                        "(default: 10)")
+
+
 def _imported(name: str) -> ModuleType | None:
     """cvae's module of that name if it was imported (None otherwise), to look at without importing it."""
     return sys.modules.get(f"{__package__}.{name}")

@@ -17,6 +17,7 @@ from .evaluation import ROW_NAMES
 from .likelihoods import PIXEL_LIKELIHOODS
 from .objectives import RUN_OBJECTIVES
 from .report import table_header
+from .sample_evaluation import ACTIVE_UNITS, LATENT_KEYS, SAMPLE_ROWS, TRUE_ROW_NAMES
 
 # Published negative CLLs (nats) for 1 / 2 / 3 input quadrants (shared/REFERENCE.md), shown beside ours.
 PUBLISHED = {
@@ -36,6 +37,9 @@ PAPER_ROWS = [
     ("hybrid (Monte Carlo)", "hybrid", "cvae_mc"),
     ("hybrid (importance sampling)", "hybrid", "cvae_is"),
     ("Performance gap (NN - CVAE IS)", "cvae", "gap"),
+    ("NN, true CLL of binarized outputs (exact)", None, "nn_true"),
+    ("CVAE MC, true CLL of binarized outputs", "cvae", "cvae_true_mc"),
+    ("CVAE IS, true CLL of binarized outputs", "cvae", "cvae_true_is"),
     ("IWAE-trained CVAE (importance sampling)", "iwae", "cvae_is"),
     ("Strong preset: NN baseline (exact)", "strong", "nn"),
     ("Strong preset: CVAE (Monte Carlo)", "strong", "cvae_mc"),
@@ -43,6 +47,9 @@ PAPER_ROWS = [
     ("Strong preset: performance gap (NN - CVAE IS)", "strong", "gap"),
 ]
 FAMILIES = ("cvae", "gsnn", "hybrid", "iwae", "strong")
+# how the sample-metric rows of a family's CVAE are labelled (SAMPLE_ROWS's "CVAE" replaced)
+FAMILY_MODELS = {"cvae": "CVAE", "gsnn": "GSNN", "hybrid": "hybrid", "iwae": "IWAE-trained CVAE",
+                 "strong": "Strong preset: CVAE"}
 
 
 def family(run: dict) -> str:
@@ -83,7 +90,10 @@ def _results_problem(results: object) -> str | None:
     for key in required:
         if key not in results:
             return f'has no "{key}"'
-    for key, accept in (required | optional).items():
+    # the evaluation's options beyond the CLL, recorded since they exist
+    later = {"sample_k": lambda v: _number(v) and v == int(v) and v >= 0,
+             "binarizations": lambda v: v is None or (_number(v) and v == int(v) and v > 0)}
+    for key, accept in (required | optional | later).items():
         if key in results and not (_hashable(results[key]) and accept(results[key])):
             return f'has "{key}" {results[key]!r}, which is not a value evaluate.py writes'
     settings = [key for key in results if key.isdigit()]
@@ -92,10 +102,15 @@ def _results_problem(results: object) -> str | None:
     for k in settings:
         if k not in ("1", "2", "3") or not isinstance(results[k], dict):
             return f'has "{k}" {results[k]!r}, expected the results of 1, 2 or 3 input quadrants'
-        for row in ROW_NAMES:
+        for row in (*ROW_NAMES, *TRUE_ROW_NAMES, *SAMPLE_ROWS):  # the CLL's rows always, the others when there
             cell = results[k].get(row)
+            if row == ACTIVE_UNITS or (cell is None and row not in ROW_NAMES):
+                continue
             if not isinstance(cell, dict) or not all(_number(cell.get(stat)) for stat in ("mean", "sem")):
                 return f'has "{k}": "{row}" {cell!r}, expected {{"mean": number, "sem": number}}'
+        units = results[k].get(ACTIVE_UNITS)
+        if units is not None and not (_number(units) and units == int(units) and units >= 0):
+            return f'has "{k}": "{ACTIVE_UNITS}" {units!r}, expected a count of units'
     return None
 
 
@@ -188,6 +203,16 @@ def check_comparable(runs: list[dict], ablation: bool = False) -> None:
                 f"{', '.join(dirs2)}. A table compares numbers measured the same way (data set, targets, likelihood, "
                 "test images and S): give runs that share them (re-evaluate with python evaluate.py RUN_DIR "
                 "--num-samples S --test-subset N where they differ in S or test images), or make one table each.")
+    sampled = {}
+    for run in runs:
+        if run.get("sample_k"):
+            sampled.setdefault(run["sample_k"], []).append(run["run_dir"])
+    if len(sampled) > 1:
+        (k1, dirs1), (k2, dirs2) = list(sampled.items())[:2]
+        raise ComparisonError(
+            f"the runs' samples were not judged alike: K is {k1} in {', '.join(dirs1)} but {k2} in "
+            f"{', '.join(dirs2)} (best-of-K, diversity and distinct labels depend on K). Re-evaluate them with one "
+            "K: python evaluate.py RUN_DIR --sample-k K.")
     if ablation:
         return
     for name in FAMILIES:
@@ -205,16 +230,26 @@ def check_comparable(runs: list[dict], ablation: bool = False) -> None:
                     "row per run).")
 
 
-def _cell(runs: list[dict], setting: str, key: str) -> str:
-    values = [run[setting][key]["mean"] for run in runs if setting in run]
-    errors = [run[setting][key]["sem"] for run in runs if setting in run]
-    if not values:
+def _cell(runs: list[dict], setting: str, key: str, digits: int = 2) -> str:
+    """The mean over the runs (seeds) of a row's value ± their standard deviation, with the mean per-image
+    standard error (SE) where the value is a mean over images; "—" where a run lacks the value (evaluated before
+    it existed, or without it)."""
+    cells = [run[setting].get(key) for run in runs if setting in run]
+    if not cells or any(cell is None for cell in cells):
         return "—"
-    mean, se = sum(values) / len(values), sum(errors) / len(errors)
+    values = [cell["mean"] if isinstance(cell, dict) else cell for cell in cells]
+    errors = [cell["sem"] for cell in cells if isinstance(cell, dict)]
+    mean = sum(values) / len(values)
+    se = f"SE {sum(errors) / len(errors):.{digits}f}; " if errors else ""
     if len(values) == 1:
-        return f"{mean:.2f} (SE {se:.2f}; 1 seed)"
+        return f"{mean:.{digits}f} ({se}1 seed)"
     std = torch.tensor(values, dtype=torch.float64).std(unbiased=True).item()
-    return f"{mean:.2f} ± {std:.2f} (SE {se:.2f}; {len(values)} seeds)"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} ({se}{len(values)} seeds)"
+
+
+def _has(runs: list[dict], key: str) -> bool:
+    """Whether any of the runs has a value of this row."""
+    return any(key in run[k] for run in runs for k in run if k.isdigit())
 
 
 def one_per_seed(runs: Iterable[dict]) -> list[dict]:
@@ -233,17 +268,44 @@ def paper_table(runs: list[dict]) -> str:
     by_family = {name: [r for r in runs if family(r) == name] for name in FAMILIES}
     lines = table_header(settings)
     for label, name, key in PAPER_ROWS:
-        if name:
-            chosen = by_family[name]
-        else:
-            chosen = by_family["cvae"] or one_per_seed(r for r in runs if family(r) != "strong")
-        if chosen:
+        chosen = by_family[name] if name else _nn_runs(runs, by_family)
+        if chosen and (key in ROW_NAMES or _has(chosen, key)):  # the later rows: where some run has them
             lines.append(f"| {label} | " + " | ".join(_cell(chosen, k, key) for k in settings) + " |")
     samples = sorted({run["num_samples"] for run in runs})
     lines.append(f"\nS = {', '.join(map(str, samples))} samples per test image; "
                  f"{runs[0]['test_examples']} test images; {runs[0]['dataset']}, {runs[0]['protocol']} targets. "
                  "Runs: " + ", ".join(f"`{r['run_dir']}` ({family(r)}, seed {r.get('seed', '?')})"
                                       for r in runs) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _nn_runs(runs: list[dict], by_family: dict[str, list[dict]]) -> list[dict]:
+    """The runs of the NN rows: the ELBO-trained CVAE's, else one run per seed (``one_per_seed``)."""
+    return by_family["cvae"] or one_per_seed(r for r in runs if family(r) != "strong")
+
+
+def samples_table(runs: list[dict]) -> str:
+    """Markdown: the samples judged as samples (cvae.sample_evaluation) of the runs that have them, one row per
+    model and metric (the NN's from the runs of the NN rows, each family's CVAE's from its runs), one column per
+    setting, cells as in ``paper_table``; "" where no run has them."""
+    settings = sorted({key for run in runs for key in run if key.isdigit()})
+    by_family = {name: [r for r in runs if family(r) == name] for name in FAMILIES}
+    k_ = next((run["sample_k"] for run in runs if run.get("sample_k")), None)
+    if k_ is None:
+        return ""
+    lines = table_header(settings, f"samples judged as samples, K = {k_}")
+    for key, (label, digits) in SAMPLE_ROWS.items():
+        if key.startswith("nn_"):
+            groups = [(label, _nn_runs(runs, by_family))]
+        else:
+            groups = [(label.replace("CVAE", FAMILY_MODELS[name], 1), by_family[name]) for name in FAMILIES
+                      if not (name == "gsnn" and key in LATENT_KEYS)]  # a GSNN's recognition net is untrained
+        for shown, chosen in groups:
+            if chosen and _has(chosen, key):
+                lines.append(f"| {shown.format(K=k_)} | "
+                             + " | ".join(_cell(chosen, k, key, digits) for k in settings) + " |")
+    lines.append(f"\nK = {k_} predictions per test image: the NN's one prediction K times, the CVAE's means of "
+                 "p(y|x,z) with z ~ p(z|x); labels by a classifier of the data set. —: a run evaluated without them.")
     return "\n".join(lines) + "\n"
 
 

@@ -59,20 +59,28 @@ def per_image_cll(
     return values
 
 
+def process_share(num_images: int) -> tuple[slice, int]:
+    """This process's contiguous share of the blocks of BLOCK images under torchrun (every block without): the slice
+    of its images and the index of its first block; an empty slice where there are fewer blocks than processes."""
+    blocks = torch.arange(math.ceil(num_images / BLOCK)).tensor_split(distributed.world_size())[distributed.rank()]
+    if not blocks.numel():
+        return slice(0, 0), 0
+    return slice(int(blocks[0]) * BLOCK, (int(blocks[-1]) + 1) * BLOCK), int(blocks[0])
+
+
 def sharded_per_image_cll(
     baseline: BaselineNet, cvae: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
     seed: int = 0, progress: bool = True, desc: str = "", arithmetic: str = "fp32",
 ) -> dict[str, torch.Tensor]:
     """``per_image_cll`` of all the images, each process of a torchrun job evaluating a contiguous share of
-    the blocks, gathered on every process: the values of a single process (to floating-point tolerance).
-    Without torchrun, ``per_image_cll`` itself."""
+    the blocks (``process_share``), gathered on every process: the values of a single process (to floating-point
+    tolerance). Without torchrun, ``per_image_cll`` itself."""
     if distributed.world_size() == 1:
         return per_image_cll(baseline, cvae, x, y, num_samples, seed, progress, desc, arithmetic=arithmetic)
-    blocks = torch.arange(math.ceil(x.shape[0] / BLOCK)).tensor_split(distributed.world_size())[distributed.rank()]
-    if blocks.numel():
-        mine = slice(int(blocks[0]) * BLOCK, (int(blocks[-1]) + 1) * BLOCK)
+    mine, first_block = process_share(x.shape[0])
+    if mine.stop > mine.start:
         values = per_image_cll(baseline, cvae, x[mine], y[mine], num_samples, seed, progress, desc,
-                               first_block=int(blocks[0]), arithmetic=arithmetic)
+                               first_block=first_block, arithmetic=arithmetic)
     else:  # fewer blocks than processes
         values = {key: torch.zeros(0, dtype=torch.float64) for key in (*KEYS, "gap")}
     return {key: distributed.gather_tensors(value) for key, value in values.items()}

@@ -6,8 +6,9 @@ Run directory layout:
     q{k}/baseline.pt, cvae.pt   best checkpoints (lowest validation loss) for k input quadrants
     q{k}/*_state.pt             resumable training states (deleted when the run is finished, unless --keep-state)
     q{k}/history.json           per-epoch losses of both models, written once both are trained
-    q{k}/per_image.pt           per-image negative CLL of every estimator on the test set
-    results.{json,csv,md}       the table;  samples_q{k}.png, training_curves.png  the figures
+    q{k}/per_image.pt           per-image values on the test set: the negative CLL of every estimator, the true
+                                likelihood of binarized outputs and the sample metrics (cvae.sample_evaluation)
+    results.{json,csv,md}       the tables;  samples_q{k}.png, training_curves.png  the figures
 
 Under torchrun every process trains and evaluates its share (``cvae.distributed``); only rank 0 writes.
 """
@@ -23,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoints, distributed, figures, precision, report
+from . import checkpoints, distributed, figures, precision, report, sample_evaluation
 from .checkpoints import RunFileError
+from .classifier import classifier_and_record
 from .cli import UserError
 from .config import RunConfig, read_run_config
 from .data import Splits
@@ -261,18 +263,27 @@ def load_model(path: Path, kind: str, k: int, config: RunConfig,
 
 def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch.device,
                  num_samples: int, test_subset: int | None = None,
-                 progress: bool = True, arithmetic: str = "fp32") -> tuple[dict, str]:
+                 progress: bool = True, arithmetic: str = "fp32", binarizations: int = 1, sample_k: int = 10,
+                 data_dir: str | Path | None = None) -> tuple[dict, str]:
     """Evaluate every trained setting of a run on the test set; write the tables and figures. arithmetic: the
     resolved precision of the networks' matrix products, "fp32" or "bf16" (``cvae.precision.resolve``).
+
+    Beside the CLL (``cvae.evaluation``), per setting (``cvae.sample_evaluation``): the true likelihood of the
+    binarized outputs with ``binarizations`` draws per image, where the run's score of its targets is no
+    log-probability (``true_likelihood_applies``; results.json's "binarizations" is null elsewhere), and the sample
+    metrics of ``sample_k`` predictions per image (0: none). Their classifier is the one cached in data_dir (by
+    default the run's), trained there first when it is not (by rank 0 under torchrun, the others waiting).
 
     Returns the results dict (also in results.json) and the markdown table. Under torchrun each process
     evaluates a share of the test images; rank 0 gathers them, writes and returns the table ("" elsewhere).
     """
     test_images = splits.test if test_subset is None else splits.test[:test_subset]
+    draws = binarizations if sample_evaluation.true_likelihood_applies(config.likelihood, config.binarize) else None
     results: dict = {"dataset": config.dataset, "protocol": config.protocol, "likelihood": config.likelihood,
                      "objective": config.objective,
                      "alpha": config.alpha, "seed": config.seed, "preset": config.preset,
-                     "num_samples": num_samples, "test_examples": int(test_images.shape[0]), "precision": arithmetic}
+                     "num_samples": num_samples, "test_examples": int(test_images.shape[0]), "precision": arithmetic,
+                     "binarizations": draws, "sample_k": sample_k, "z_dim": config.z_dim}
     histories = {}
     # one test digit of each class, the first in test order, for the sample grids
     shown = torch.stack([(splits.test_labels == c).nonzero()[0, 0] for c in range(10)])
@@ -280,17 +291,28 @@ def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch
     models = {k: (load_model(setting_paths(run_dir, k).baseline, "baseline", k, config, device),
                   load_model(setting_paths(run_dir, k).cvae, "cvae", k, config, device))
               for k in config.quadrants}
+    classifier = None
+    if sample_k:
+        with distributed.main_first():  # rank 0 trains it on first need while the others wait, then they load it
+            classifier, record = classifier_and_record(data_dir or config.data_dir, device,
+                                                       progress and distributed.is_main(), dataset=config.dataset,
+                                                       splits=splits)
+        results["classifier_test_accuracy"] = record.get("test_accuracy")
     for k, (baseline, cvae) in models.items():
         paths = setting_paths(run_dir, k)
         task = QuadrantTask(k)
         x, y = task_data(test_images, task, config.binarize, device)
         started = time.perf_counter()
-        values = sharded_per_image_cll(baseline, cvae, x, y, num_samples, config.seed,
-                                       progress and distributed.is_main(), f"q{k}", arithmetic=arithmetic)
-        results[str(k)] = summarize(values) | {"seconds": time.perf_counter() - started}
+        show = progress and distributed.is_main()
+        values = sharded_per_image_cll(baseline, cvae, x, y, num_samples, config.seed, show, f"q{k}",
+                                       arithmetic=arithmetic)
+        more = sample_evaluation.sharded_sample_values(baseline, cvae, classifier, x, y, num_samples, draws,
+                                                       sample_k, config.seed, show, f"q{k}", arithmetic)
+        results[str(k)] = summarize(values) | sample_evaluation.summarize(more) | {
+            "seconds": time.perf_counter() - started}
         if not distributed.is_main():
             continue
-        checkpoints.save(values, paths.per_image)
+        checkpoints.save(values | sample_evaluation.per_image(more), paths.per_image)
         xs, ys = task_data(splits.test[shown], task, config.binarize, device)
         figures.sample_grid(baseline, cvae, xs, ys, Path(run_dir) / f"samples_q{k}.png",
                             seed=config.seed, title=f"{k} input quadrant{'s' if k > 1 else ''}")

@@ -99,17 +99,18 @@ def binarizations(y: torch.Tensor, num_draws: int, seed: int = 0) -> torch.Tenso
 
 @torch.inference_mode()
 def nn_expected_nll(model: Regressor, x: torch.Tensor, y: torch.Tensor, num_draws: int,
-                    seed: int = 0) -> torch.Tensor:
+                    seed: int = 0, first_block: int = 0) -> torch.Tensor:
     """-E_{b ~ Bernoulli(y)} log p(b|x) for the NN (a Regressor, e.g. the quadrant BaselineNet, with or without
     an autoregressive term), per image in nats: x (N, x_dim), y (N, y_dim) -> (N,).
 
     -L_hat = -(1/T) sum_{t=1}^{T} log p(b_t|x) with T = num_draws binarizations (``binarizations``) and the exact
-    log p(b|x) of the Regressor. Unbiased for -L; its noise is the binarization's only.
+    log p(b|x) of the Regressor. Unbiased for -L; its noise is the binarization's only. first_block: the block
+    of x's first image (x, y: the images from block first_block on, a process's share under torchrun).
     """
     _check_pair(x, y, num_draws)
     model.eval()
     parts = []
-    for block, start in enumerate(range(0, x.shape[0], BLOCK)):
+    for block, start in enumerate(range(0, x.shape[0], BLOCK), start=first_block):
         xb, yb = x[start:start + BLOCK], y[start:start + BLOCK]
         draws = _block_binarizations(yb, num_draws, seed, block)
         parts.append(torch.stack([-model.log_likelihood(xb, b) for b in draws]).mean(0))
@@ -117,14 +118,15 @@ def nn_expected_nll(model: Regressor, x: torch.Tensor, y: torch.Tensor, num_draw
 
 
 def cvae_expected_nll(model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_draws: int, num_samples: int,
-                      estimator: str = "importance", seed: int = 0, progress: bool = False) -> torch.Tensor:
+                      estimator: str = "importance", seed: int = 0, progress: bool = False,
+                      first_block: int = 0) -> torch.Tensor:
     """-E_{b ~ Bernoulli(y)} log p(b|x) for a ConditionalVAE, per image in nats: x (N, x_dim), y (N, y_dim) -> (N,).
 
     -L_hat = (1/T) sum_{t=1}^{T} CLL_hat(b_t|x), with T = num_draws binarizations (``binarizations``) and CLL_hat
     the CVAE's estimate of -log p(b_t|x) with S = num_samples samples of z (cvae.estimators): estimator
     "importance" (z ~ q(z|x,b_t), ``cll_importance``) or "monte_carlo" (z ~ p(z|x), ``cll_monte_carlo``). Each
     CLL_hat is an upper bound on -log p(b_t|x) in expectation (Jensen), so -L_hat is one on -L, tightening as S
-    grows. progress: the estimators' bar over samples of z, for large blocks.
+    grows. progress: the estimators' bar over samples of z, for large blocks. first_block: as ``nn_expected_nll``'s.
     """
     if estimator not in CVAE_ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(CVAE_ESTIMATORS)}, got {estimator!r}")
@@ -132,7 +134,7 @@ def cvae_expected_nll(model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, n
     cll = CVAE_ESTIMATORS[estimator]
     model.eval()
     parts = []
-    for block, start in enumerate(range(0, x.shape[0], BLOCK)):
+    for block, start in enumerate(range(0, x.shape[0], BLOCK), start=first_block):
         xb, yb = x[start:start + BLOCK], y[start:start + BLOCK]
         draws = _block_binarizations(yb, num_draws, seed, block)
         generator = _generator(x.device, seed + Z_SEED_OFFSET + block * BLOCK_SEED_STRIDE)

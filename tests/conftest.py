@@ -41,7 +41,8 @@ def _idx(arr: np.ndarray) -> bytes:
 
 def write_mnist(data_dir: Path, num_train: int = NUM_TRAIN, num_test: int = NUM_TEST,
                 seed: int = 0) -> dict[str, str]:
-    """Write four IDX files of digit-like random images into data_dir/MNIST/raw; return their MD5s."""
+    """Write four IDX files of digit-like random images into data_dir/MNIST/raw, and a tiny classifier where the
+    evaluation looks for its classifier (``write_classifier``); return the files' MD5s."""
     rng = np.random.default_rng(seed)
     raw = data_dir / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -57,7 +58,26 @@ def write_mnist(data_dir: Path, num_train: int = NUM_TRAIN, num_test: int = NUM_
         blob = _idx(arrays[name])
         (raw / name).write_bytes(blob)
         md5s[name] = hashlib.md5(blob).hexdigest()
+    write_classifier(data_dir, arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"],
+                     arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"])
     return md5s
+
+
+def write_classifier(data_dir: Path, train: np.ndarray, train_labels: np.ndarray, test: np.ndarray,
+                     test_labels: np.ndarray, num_images: int = 256) -> None:
+    """A tiny classifier (1 epoch on the first num_images training images), cached in data_dir as digit_classifier
+    caches its own, so that the tiny runs' evaluations classify their samples without training the real one."""
+    from cvae.classifier import accuracy, default_path, save_classifier, train_classifier
+
+    def tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(images.reshape(len(images), -1) / 255).float(), torch.from_numpy(labels).long()
+
+    images, labels = tensors(train[:num_images], train_labels[:num_images])
+    with _torch_threads(1):
+        model = train_classifier(images, labels, epochs=1, batch_size=64, progress=False, channels=(2, 4), hidden=8)
+        test_accuracy = accuracy(model, *tensors(test, test_labels))
+    save_classifier(model, default_path(data_dir, "mnist"), test_accuracy=test_accuracy, epochs=1,
+                    train_images=num_images, dataset="mnist")
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from cvae.checkpoints import CheckpointError, save
 from cvae.classifier import (
     DigitClassifier,
     class_probabilities,
+    classifier_and_record,
     completed_images,
     digit_classifier,
     load_classifier,
@@ -30,6 +31,10 @@ def test_shapes():
     probs = class_probabilities(model, torch.rand(3, 5, 784))
     assert probs.shape == (3, 5, 10)
     torch.testing.assert_close(probs.sum(-1), torch.ones(3, 5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the evaluation's bf16: the softmax still in float32
+        probs = class_probabilities(model, torch.rand(3, 5, 784))
+    assert probs.dtype == torch.float32
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3, 5), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="images must have shape"):
         model(torch.rand(5, 700))
     with pytest.raises(ValueError, match="channels"):
@@ -54,20 +59,24 @@ def test_training_is_seeded_and_leaves_the_callers_random_state_alone():
 
 def test_trained_once_then_loaded_from_the_cache(mnist_dir, tmp_path, capsys, monkeypatch):
     data_dir = tmp_path / "data"
-    shutil.copytree(mnist_dir, data_dir)  # the cache is written into the data directory
+    # the cache is written into the data directory (the synthetic data's tiny one is left out of the copy)
+    shutil.copytree(mnist_dir, data_dir, ignore=shutil.ignore_patterns("classifier"))
     model = digit_classifier(data_dir, "cpu", progress=False, epochs=1)
-    assert "test accuracy" in capsys.readouterr().out
+    said = capsys.readouterr()
     path = data_dir / "classifier" / "mnist_cnn.pt"
+    assert said.out == "" and said.err.startswith("note: training a mnist classifier on the 256 training images")
+    assert "once per data directory" in said.err and "test accuracy" in said.err and str(path) in said.err
     assert path.is_file() and not model.training
     loaded, record = load_classifier(path)
     assert 0 <= record["test_accuracy"] <= 1 and record["train_images"] == 256 and record["epochs"] == 1
+    assert classifier_and_record(data_dir, progress=False)[1] == record
 
     def no_training(*_, **__):
         raise AssertionError("the cached classifier was trained again")
 
     monkeypatch.setattr(classifier, "train_classifier", no_training)
     again = digit_classifier(data_dir, "cpu", progress=False)
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
     for (name, a), b, c in zip(model.state_dict().items(), loaded.state_dict().values(),
                                again.state_dict().values()):
         assert torch.equal(a, b) and torch.equal(a, c), name
@@ -76,9 +85,10 @@ def test_trained_once_then_loaded_from_the_cache(mnist_dir, tmp_path, capsys, mo
 
 
 def test_an_explicit_path_and_a_foreign_file(mnist_dir, tmp_path):
-    path = tmp_path / "elsewhere" / "cnn.pt"
+    path, cached = tmp_path / "elsewhere" / "cnn.pt", mnist_dir / "classifier" / "mnist_cnn.pt"
+    before = cached.read_bytes()
     digit_classifier(mnist_dir, progress=False, path=path, epochs=1)
-    assert path.is_file() and not (mnist_dir / "classifier").exists()
+    assert path.is_file() and cached.read_bytes() == before
     save({"kind": "baseline", "config": {}, "state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a digit_classifier"):
         load_classifier(tmp_path / "other.pt")

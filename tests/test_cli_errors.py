@@ -46,6 +46,13 @@ class Workspace:
             blob[-1] ^= 0xFF
         path.write_bytes(bytes(blob))
 
+    def replace_classifier(self, checkpoint: dict) -> None:
+        """Make the data a private copy, then put another checkpoint where the evaluation's classifier is cached."""
+        copy = self.root / "data"
+        shutil.copytree(self.data, copy)
+        self.data = copy
+        torch.save(checkpoint, copy / "classifier" / "mnist_cnn.pt")
+
     def edit_config(self, **changes: object) -> None:
         path = self.run / "config.json"
         saved = json.loads(path.read_text())
@@ -141,6 +148,8 @@ TRAIN_CASES = [
     Case("lr-negative-exponent", args("--lr=-1e-3"), ("--lr", "'-1e-3'", "positive finite number")),
     Case("lr-nan", args("--lr", "nan"), ("--lr", "'nan'", "positive finite number")),
     Case("num-samples-0", args("--num-samples", "0"), ("--num-samples", "integer of at least 1")),
+    Case("binarizations-0", args("--binarizations", "0"), ("--binarizations", "'0'", "integer of at least 1")),
+    Case("sample-k-negative", args("--sample-k", "-1"), ("--sample-k", "'-1'", "integer of at least 0")),
     Case("z-dim-0", args("--z-dim", "0"), ("--z-dim", "'0'", "integer of at least 1")),
     Case("iw-samples-0", args("--iw-samples", "0"), ("--iw-samples", "'0'", "integer of at least 1")),
     Case("lr-decay-0", args("--lr-decay", "0"), ("--lr-decay", "'0'", "above 0 and at most 1")),
@@ -188,6 +197,8 @@ TRAIN_CASES = [
 EVALUATE_CASES = [
     Case("num-samples-0", on_run("--num-samples", "0"), ("--num-samples", "'0'", "integer of at least 1")),
     Case("test-subset-0", on_run("--test-subset", "0"), ("--test-subset", "'0'", "integer of at least 1")),
+    Case("binarizations-word", on_run("--binarizations", "two"), ("--binarizations", "'two'", "at least 1")),
+    Case("sample-k-negative", on_run("--sample-k", "-1"), ("--sample-k", "'-1'", "integer of at least 0")),
     Case("device-cuda", on_run("--device", "cuda"), (NO_CUDA, "--device cpu"), skip=HAS_CUDA),
     Case("not-a-run", lambda ws: [str(ws.run / "q1")], ("not a run directory", "train.py --out")),
     Case("missing-dir", lambda ws: [str(ws.root / "nowhere")], ("not a run directory",)),
@@ -218,6 +229,8 @@ EVALUATE_CASES = [
          prepare=put("q2/cvae.pt", lambda ws: _missing_key())),
     Case("data-altered", on_run(), ("t10k-labels-idx1-ubyte", "MD5", "Delete it"),
          prepare=lambda ws: ws.damage_data("t10k-labels-idx1-ubyte", "alter")),
+    Case("classifier-foreign", on_run(), ("mnist_cnn.pt", "not a digit_classifier", "Delete it"),
+         prepare=lambda ws: ws.replace_classifier(_model("baseline"))),
 ]
 
 

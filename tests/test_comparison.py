@@ -82,3 +82,49 @@ def test_without_cvae_runs_the_nn_row_counts_each_seed_once():
     table = paper_table(runs)
     assert "| NN baseline (exact) | 101.00 ± 1.00 (SE 0.50; 3 seeds) |" in table
     assert "| hybrid (importance sampling) | 80.00 ± 0.00 (SE 0.50; 2 seeds) |" in table
+
+
+def with_samples(run: dict, best_of_k: float, units: int, k: int = 10) -> dict:
+    """run with the true likelihood and the sample metrics of evaluate (every value best_of_k, but the counts)."""
+    from cvae.sample_evaluation import ACTIVE_UNITS, SAMPLE_KEYS, TRUE_KEYS
+
+    run["1"] |= {key: {"mean": best_of_k, "sem": 0.5} for key in (*TRUE_KEYS, *SAMPLE_KEYS)} | {ACTIVE_UNITS: units}
+    return run | {"sample_k": k, "binarizations": 1}
+
+
+def test_the_samples_table_over_seeds_and_families():
+    from cvae.comparison import samples_table
+    runs = [with_samples(result("cvae", 0, 100.0, 60.0), 50.0, 3),
+            with_samples(result("cvae", 1, 101.0, 62.0), 54.0, 5),
+            with_samples(result("gsnn", 0, 100.0, 70.0), 40.0, 1)]
+    table = samples_table(runs)
+    assert table.startswith("| samples judged as samples, K = 10 | 1 quadrant |")
+    assert f"| CVAE, best-of-10 squared error | 52.00 ± {np.std([50, 54], ddof=1):.2f} (SE 0.50; 2 seeds) |" in table
+    assert "| CVAE, active units of z (Cov_x E_q[z_u] > 0.01) | 4 ± 1 (2 seeds) |" in table
+    assert "| GSNN, best-of-10 squared error | 40.00 (SE 0.50; 1 seed) |" in table
+    assert "GSNN, KL" not in table and "GSNN, active units" not in table  # its recognition net is untrained
+    assert "| NN, distinct labels among the 10 | 52.00 ± 2.83 (SE 0.50; 2 seeds) |" in table  # the cvae runs'
+    assert "| NN, true CLL of binarized outputs (exact) | 52.00 ± 2.83 (SE 0.50; 2 seeds) |" in paper_table(runs)
+    # runs evaluated before: no rows of theirs, or "—" beside the runs that have them
+    assert samples_table([result("cvae", 0, 100.0, 60.0)]) == ""
+    assert "true CLL" not in paper_table([result("cvae", 0, 100.0, 60.0)])
+    mixed = samples_table([runs[0], result("cvae", 1, 101.0, 62.0)])
+    assert "| CVAE, best-of-10 squared error | — |" in mixed
+
+
+def test_runs_whose_samples_were_judged_with_another_k_are_refused():
+    from cvae.comparison import ComparisonError, check_comparable
+    runs = [with_samples(result("cvae", 0, 100.0, 60.0), 50.0, 3), with_samples(result("cvae", 1, 101.0, 62.0),
+                                                                                 54.0, 5, k=3)]
+    with pytest.raises(ComparisonError, match="K is 10 in runs/cvae0 but 3 in runs/cvae1"):
+        check_comparable(runs)
+    runs[1]["sample_k"] = 0  # evaluated without them: nothing to compare
+    check_comparable(runs)
+
+
+def test_a_gsnn_runs_samples_table_leaves_out_its_latent_rows():
+    from cvae.report import markdown_table
+    table = markdown_table(with_samples(result("gsnn", 0, 100.0, 1e5), 40.0, 1) | {"test_examples": 4})
+    assert "| CVAE, best-of-10 squared error | 40.00 ± 0.50 |" in table and "NN, true CLL" in table
+    assert "| CVAE, KL(q" not in table and "| CVAE, active units" not in table and "CVAE IS, true CLL" not in table
+    assert "GSNN objective: the KL and active-unit rows" in table

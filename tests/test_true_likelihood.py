@@ -170,6 +170,22 @@ def test_the_same_draws_reach_every_model():
     torch.testing.assert_close(got, expected)
 
 
+def test_a_share_of_the_blocks_gets_the_values_of_the_whole():
+    """Under torchrun a process scores the images from block first_block on: the values of those images when all
+    of them are scored at once (the draws of b and of z belong to the block)."""
+    x = torch.randn(2 * BLOCK + 30, 2, dtype=torch.float64)
+    t = torch.rand(2 * BLOCK + 30, 3, dtype=torch.float64)
+    whole_nn = nn_expected_nll(regressor(3), x, t, 2, seed=4)
+    torch.testing.assert_close(nn_expected_nll(regressor(3), x[BLOCK:], t[BLOCK:], 2, seed=4, first_block=1),
+                               whole_nn[BLOCK:])
+    assert not torch.equal(nn_expected_nll(regressor(3), x[BLOCK:], t[BLOCK:], 2, seed=4), whole_nn[BLOCK:])
+    x = x[:, :1]
+    model = tiny_cvae()
+    whole = cvae_expected_nll(model, x, t, 1, 5, seed=4)
+    torch.testing.assert_close(cvae_expected_nll(model, x[2 * BLOCK:], t[2 * BLOCK:], 1, 5, seed=4, first_block=2),
+                               whole[2 * BLOCK:])
+
+
 @pytest.mark.parametrize("change, needle", [
     (dict(num_draws=0), "num_draws"),
     (dict(num_draws=True), "num_draws"),

@@ -3,12 +3,14 @@
     python evaluate.py runs/default                       # S = the run's --num-samples (100)
     python evaluate.py runs/default --num-samples 1000 --test-subset 2000
     python evaluate.py runs/default --precision fp32       # float32 matrix products even where bf16 is native
+    python evaluate.py runs/default --sample-k 10 --binarizations 3   # K predictions per image, T binarizations
     torchrun --standalone --nproc_per_node 2 evaluate.py runs/default    # the test images shared by 2 processes
 
 (or cvae-sohn evaluate ..., python -m cvae evaluate ...). Writes results.json, results.csv, results.md,
-samples_q{k}.png and training_curves.png into RUN_DIR and prints the table: the NN baseline's exact negative CLL,
+samples_q{k}.png and training_curves.png into RUN_DIR and prints the tables: the NN baseline's exact negative CLL,
 and the CVAE's negative ELBO, Monte Carlo and importance-sampling estimates, as mean ± standard error over test
-images. results.json records the precision the evaluation ran in.
+images; with grayscale targets under the Bernoulli likelihood, the true CLL of binarized outputs (--binarizations);
+and the samples judged as samples (--sample-k). results.json records the precision the evaluation ran in, T and K.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     cli.add_device_argument(p)
     cli.add_precision_argument(p)
+    cli.add_sample_arguments(p)
     return p.parse_args(argv)
 
 
@@ -67,7 +70,9 @@ def evaluate(args: argparse.Namespace, device: torch.device, run_dir: Path) -> i
         splits = load_splits(args.data_dir or config.data_dir, config.dataset)
     num_samples = args.num_samples or config.num_samples
     _, table = evaluate_run(run_dir, config, splits, device, num_samples, args.test_subset,
-                            progress=not args.no_progress, arithmetic=precision.resolve(args.precision, device))
+                            progress=not args.no_progress, arithmetic=precision.resolve(args.precision, device),
+                            binarizations=args.binarizations, sample_k=args.sample_k,
+                            data_dir=args.data_dir or config.data_dir)
     if distributed.is_main():
         print(table)
     return 0

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         paired_table,
         paper_table,
         published_table,
+        samples_table,
     )
 
     try:
@@ -43,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablation:
         text = ablation_table(runs)
     else:
-        text = "\n".join([paper_table(runs), published_table(), "Paired comparison on the same test images:\n",
-                          paired_table(runs)])
+        samples = samples_table(runs)
+        text = "\n".join([paper_table(runs), *([samples] if samples else []), published_table(),
+                          "Paired comparison on the same test images:\n", paired_table(runs)])
     if args.out:
         checkpoints.write_text(args.out, text)
     print(text)

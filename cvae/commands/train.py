@@ -11,8 +11,9 @@ stopping on the validation loss), then frozen; the CVAE is trained on top of it.
 (evaluate does the same for a saved run) and the table and figures are written into the run directory. Under
 torchrun --batch-size is the global batch, shared by the processes, and the learning rate is unchanged. When the
 training is finished its resumable states (q{k}/*_state.pt, most of a run's size) are deleted, unless
---keep-state; --resume of a finished run trains nothing and evaluates it. --precision is a choice of each
-evaluation (results.json records it), not part of the run's configuration (config.json).
+--keep-state; --resume of a finished run trains nothing and evaluates it. --precision, --binarizations and
+--sample-k are choices of each evaluation (results.json records them), not part of the run's configuration
+(config.json).
 
 One job per run directory: the job holds the directory's lock (cvae.run_lock) from before it looks into it to
 its end. Numbers that cannot work (a seed whose generator seeds would overflow, networks that cannot fit in the
@@ -60,7 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     group.add_argument("--resume", metavar="RUN_DIR",
                        help="continue an interrupted run with its saved configuration (options that would change "
                        f"it are refused; {', '.join(sorted(map(flag, RESUME_OPTIONS)))}, --keep-state, --device, "
-                       "--precision, --no-eval, --no-progress may be given); a finished run is only evaluated")
+                       "--precision, --binarizations, --sample-k, --no-eval, --no-progress may be given); a "
+                       "finished run is only evaluated")
     command.add_argument("--keep-state", action="store_true",
                          help="keep the resumable training states (q{k}/*_state.pt) of the finished run (default: "
                          "deleted once the training is finished; the best checkpoints and history stay)")
@@ -68,6 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     command.add_argument("--no-progress", action="store_true", help="no progress bars")
     cli.add_device_argument(command)
     cli.add_precision_argument(command)
+    cli.add_sample_arguments(command)
     args = p.parse_args(argv)
     args.given = given_options(args)
     return args
@@ -334,7 +337,8 @@ def train(args: argparse.Namespace, device: torch.device, run_dir: Path, config:
         arithmetic = precision.resolve(args.precision, device)
         try:
             _, table = evaluate_run(run_dir, config, splits, device, config.num_samples,
-                                    progress=not args.no_progress, arithmetic=arithmetic)
+                                    progress=not args.no_progress, arithmetic=arithmetic,
+                                    binarizations=args.binarizations, sample_k=args.sample_k)
         except KeyboardInterrupt:  # SIGINT, or SIGTERM (cli.run): the training is saved, evaluate redoes the rest
             raise TrainingInterrupted(f"the evaluation of {run_dir} was stopped; its training is finished and "
                                       f"saved. Evaluate it with: {evaluate}") from None
