@@ -4,7 +4,8 @@
 Each process pays its own imports, data loading, one training epoch of the baseline and of the CVAE on the
 first --train-subset training images, a validation pass over 10,000 images after each, and saving the weights.
 Ours: `train.py --quadrants K --epochs 1 --no-eval --no-progress` into a temporary run directory (it also writes
-its resumable states and history). Peer: the tutorial's per-item data pipeline, training and validation phases.
+its history), in float32 and with `--train-precision bf16`. Peer: the tutorial's per-item data pipeline, training
+and validation phases.
 Also timed: `python train.py --help`, the start-up a user meets first.
 
     python benchmarks/whole_process.py [--quadrants 1] [--train-subset 50000] [--repeats 2]
@@ -52,6 +53,9 @@ def main() -> None:
             "ours_help": [sys.executable, "train.py", "--help"],
             "ours_one_epoch": [sys.executable, "train.py", "--quadrants", k, "--epochs", "1", "--train-subset", n,
                                "--no-eval", "--no-progress", "--overwrite", "--out", str(Path(scratch) / "run")],
+            "ours_one_epoch_train_bf16": [sys.executable, "train.py", "--quadrants", k, "--epochs", "1",
+                                          "--train-subset", n, "--train-precision", "bf16", "--no-eval",
+                                          "--no-progress", "--overwrite", "--out", str(Path(scratch) / "run")],
             "peer_one_epoch": [sys.executable, "benchmarks/pyro_tutorial.py", "--quadrants", k, "--epochs", "1",
                                "--train-subset", n],
         }
@@ -73,6 +77,8 @@ def main() -> None:
         "seconds": {name: round(s, 2) for name, s in seconds.items()},
         "runs": {name: [round(t, 2) for t in ts] for name, ts in times.items()},
         "ratio_peer_over_ours_one_epoch": round(seconds["peer_one_epoch"] / seconds["ours_one_epoch"], 2),
+        "ratio_peer_over_ours_one_epoch_train_bf16":
+            round(seconds["peer_one_epoch"] / seconds["ours_one_epoch_train_bf16"], 2),
     }, indent=2))
 
 
