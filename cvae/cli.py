@@ -191,8 +191,9 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="of the networks' matrix products in the evaluation: fp32, or bf16 (autocast; every "
-                        "sum stays float32); auto picks bf16 where the device multiplies it natively (a CUDA GPU "
-                        "with bf16, a CPU with AMX), fp32 elsewhere (default: auto)")
+                        "sum stays float32); auto picks bf16 where the device multiplies it natively and fast (a "
+                        "CUDA GPU with bf16, a CPU with AMX, an AMD CPU with AVX512-BF16), fp32 elsewhere (default: "
+                        "auto)")
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,13 +24,7 @@ from cvae.training import FitSettings, validation_loss
 ESTIMATORS = (cll_importance, cll_monte_carlo, negative_elbo)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny networks: one thread is faster than a busy machine's two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is faster than a busy machine's two
 
 
 def gen(seed: int = 0) -> torch.Generator:

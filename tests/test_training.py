@@ -21,14 +21,7 @@ from cvae.training import (
     validation_loss,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny networks: one thread is faster than a busy machine's two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is faster than a busy machine's two
 
 
 def data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
