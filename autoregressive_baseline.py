@@ -26,8 +26,10 @@ from cvae.models import BaselineNet, build_model
 from cvae.quadrants import QuadrantTask
 from cvae.report import table_header
 from cvae.training import StopFlag, TrainingInterrupted, stop_on_signals, train_loop
+from cvae.true_likelihood import nn_expected_nll
 
 ROW = "NN + autoregressive term (exact CLL)"
+TRUE_ROW = "NN + autoregressive term, true CLL of binarized outputs (exact)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the autoregressive term's window (train.py --ar-window; default 0: every earlier pixel)")
     p.add_argument("--epochs", type=cli.epochs, default=defaults.epochs)
     p.add_argument("--data-dir", default=defaults.data_dir)
+    p.add_argument("--binarizations", type=cli.positive_int("--binarizations"), default=1, metavar="T",
+                   help="draws b ~ Bernoulli(t) per test image for the true CLL of binarized outputs, -E_b log p(b|x) "
+                   "(evaluate's option of the same name; default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     cli.add_device_argument(p)
     p.add_argument("--out", default="runs/nn_autoregressive", help="output directory (checkpoints, results.md)")
@@ -83,7 +88,7 @@ def control(args: argparse.Namespace, device, out: Path, stop: StopFlag | None) 
     checkpoints.write_json(out / "config.json", saved)
     # the paper's: the baseline trains on its exact likelihood whatever the objective
     settings = fit_settings(config, device)
-    cells, started = [], time.perf_counter()
+    cells, true_cells, started = [], [], time.perf_counter()
     try:
         with stop_on_signals(stop or StopFlag()) as stop:
             for k in config.quadrants:
@@ -94,14 +99,20 @@ def control(args: argparse.Namespace, device, out: Path, stop: StopFlag | None) 
                 train_loop(model, train, val, settings, paths.baseline, paths.baseline_state, stop,
                            not args.no_progress, f"q{k} NN + autoregressive")
                 best = build_model(checkpoints.load(paths.baseline), paths.baseline).to(device)
-                cll = mean_and_sem(exact_cll(best, *task_data(splits.test, task, config.binarize, device)))
+                test = task_data(splits.test, task, config.binarize, device)
+                cll = mean_and_sem(exact_cll(best, *test))
                 cells.append(f"{cll['mean']:.2f} ± {cll['sem']:.2f}")
+                with torch.no_grad():  # the same draws b as a run's evaluation with the same seed and T
+                    true = mean_and_sem(nn_expected_nll(best, *test, args.binarizations, config.seed).double())
+                true_cells.append(f"{true['mean']:.2f} ± {true['sem']:.2f}")
     except TrainingInterrupted as stopped:
         raise TrainingInterrupted(f"{stopped}. The state is saved; run the same command to continue.") from None
-    lines = [*table_header(config.quadrants), f"| {ROW} | " + " | ".join(cells) + " |"]
+    lines = [*table_header(config.quadrants), f"| {ROW} | " + " | ".join(cells) + " |",
+             f"| {TRUE_ROW} | " + " | ".join(true_cells) + " |"]
     window = f"window {args.ar_window}" if args.ar_window else "every earlier pixel"
-    table = "\n".join(lines) + (f"\n\n{splits.test.shape[0]} test images, seed {config.seed}, {window}; ± is the "
-                                f"standard error over images; {time.perf_counter() - started:.0f} s.\n")
+    table = "\n".join(lines) + (f"\n\n{splits.test.shape[0]} test images, seed {config.seed}, {window}; true CLL: "
+                                f"T = {args.binarizations} binarization(s) per image; ± is the standard error "
+                                f"over images; {time.perf_counter() - started:.0f} s.\n")
     checkpoints.write_text(out / "results.md", table)
     print(table)
     return 0

@@ -43,6 +43,7 @@ def test_the_control_script_trains_and_reports(mnist_dir: Path, tmp_path: Path):
     assert status == 0, err
     table = (tmp_path / "run/results.md").read_text()
     assert "| NN + autoregressive term (exact CLL) |" in table and "100 test images" in table
+    assert "| NN + autoregressive term, true CLL of binarized outputs (exact) |" in table and "T = 1" in table
     assert checkpoints.load(tmp_path / "run/q3/baseline.pt")["config"]["autoregressive"] is True
     status, err = invoke(script.main, [*argv[:-1], str(tmp_path / "run"), "--seed", "1"])
     assert status == 2 and "holds another run" in err
