@@ -8,7 +8,7 @@ modules that use them (``cvae.data``, ``cvae.likelihoods``, ``cvae.objectives``,
 DATASETS = ("mnist", "fashion-mnist")
 PIXEL_LIKELIHOODS = ("bernoulli", "continuous-bernoulli")  # the likelihoods for pixels in [0, 1] (train --likelihood)
 RUN_OBJECTIVES = ("cvae", "gsnn", "hybrid", "iwae")  # train --objective's names, where "cvae" is the ELBO
-PRECISIONS = ("auto", "fp32", "bf16")  # of the networks' matrix products in an evaluation (cvae.precision)
+PRECISIONS = ("auto", "fp32", "bf16")  # the networks' matrix products: --precision, --train-precision
 
 IMAGE_SIDE = 28  # the images' side in pixels (MNIST, Fashion-MNIST)
 # The largest seed: every seed derived from it (seed * 10 + k + 5 for the initial weights, seed * 1_000_003 + epoch
