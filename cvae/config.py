@@ -165,6 +165,10 @@ class RunConfig:
     lr_decay: float = option(
         1.0, "training", "the learning rate of epoch e (from 0) is lr * lr_decay ** e (1: constant)",
         _real(lambda v: 0 < v <= 1, "above 0 and at most 1"), parse=cli.decay_factor("--lr-decay"), legacy=1.0)
+    kl_warmup: int = option(
+        0, "training", "epochs over which the KL term's weight rises linearly from 0 to 1 (Bowman et al. 2016; 0: "
+        "always 1, the paper's); patience counts from its end", _integer(0), parse=cli.non_negative_int("--kl-warmup"),
+        legacy=0)
     train_precision: str = option(
         "fp32", "training", "the arithmetic of the networks' matrix products in training: fp32, bf16 (autocast; the "
         "losses stay float32), or auto (bf16 where the hardware multiplies it natively and fast, cvae.precision)",

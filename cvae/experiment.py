@@ -15,6 +15,7 @@ Under torchrun every process trains and evaluates its share (``cvae.distributed`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -195,7 +196,8 @@ def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, devi
 
     torch.manual_seed(config.seed * 10 + k)  # initial weights, the same whether resumed or not
     baseline = new_model("baseline", k, config).to(device)
-    histories = {"baseline": train_loop(baseline, train, val, settings, paths.baseline,
+    baseline_settings = dataclasses.replace(settings, kl_warmup=0)  # no KL term: the same baseline whatever the warm-up
+    histories = {"baseline": train_loop(baseline, train, val, baseline_settings, paths.baseline,
                                  paths.baseline_state, stop, progress, f"q{k} baseline")}
 
     torch.manual_seed(config.seed * 10 + k + 5)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY, invoke, load_script
 
-from cvae import cli, commands
+from cvae import cli, commands, experiment
 from cvae.config import RunConfig
 from cvae.experiment import fit_settings
 
@@ -77,11 +77,11 @@ def test_import_leaves_denormals_alone_and_the_commands_flush_them(tmp_path: Pat
 
 def test_the_training_options_reach_the_training_loop_by_name() -> None:
     config = RunConfig(epochs=7, patience=2, batch_size=32, lr=0.01, seed=5, objective="hybrid", alpha=0.25,
-                       iw_samples=9, lr_decay=0.9, train_precision="bf16")
+                       iw_samples=9, lr_decay=0.9, train_precision="bf16", kl_warmup=4)
     settings = fit_settings(config, torch.device("cpu"))
     assert (settings.epochs, settings.patience, settings.batch_size, settings.lr, settings.seed, settings.objective,
-            settings.alpha, settings.iw_samples, settings.lr_decay, settings.precision) == \
-        (7, 2, 32, 0.01, 5, "hybrid", 0.25, 9, 0.9, "bf16")
+            settings.alpha, settings.iw_samples, settings.lr_decay, settings.precision, settings.kl_warmup) == \
+        (7, 2, 32, 0.01, 5, "hybrid", 0.25, 9, 0.9, "bf16", 4)
     assert fit_settings(RunConfig(), torch.device("cpu")).precision == "fp32"  # training is float32 by default
 
 
@@ -92,6 +92,21 @@ def new_run(data: Path, out: Path, *extra: str) -> tuple[int, str]:
 
 def saved_config(run: Path) -> dict:
     return json.loads((run / "config.json").read_text())["config"]
+
+
+def test_the_kl_warmup_reaches_the_cvae_and_not_the_baseline(mnist_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    def recording(model, train, val, settings, *rest, **more):
+        seen.append((type(model).__name__, settings.kl_warmup))
+        return real(model, train, val, settings, *rest, **more)
+
+    real = experiment.train_loop
+    monkeypatch.setattr(experiment, "train_loop", recording)
+    status, err = new_run(mnist_dir, tmp_path / "run", "--kl-warmup", "3")
+    assert status == 0, err
+    assert seen == [("BaselineNet", 0), ("CVAE", 3)]  # the baseline has no KL term to warm up
 
 
 def test_config_starts_a_new_run_like_another(mnist_dir: Path, tmp_path: Path, finished_run: Path) -> None:
