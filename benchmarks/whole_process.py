@@ -49,13 +49,12 @@ def main() -> None:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     k, n = str(args.quadrants), str(args.train_subset)
     with tempfile.TemporaryDirectory() as scratch:
+        one_epoch = [sys.executable, "train.py", "--quadrants", k, "--epochs", "1", "--train-subset", n, "--no-eval",
+                     "--no-progress", "--overwrite", "--out", str(Path(scratch) / "run")]
         commands = {
             "ours_help": [sys.executable, "train.py", "--help"],
-            "ours_one_epoch": [sys.executable, "train.py", "--quadrants", k, "--epochs", "1", "--train-subset", n,
-                               "--no-eval", "--no-progress", "--overwrite", "--out", str(Path(scratch) / "run")],
-            "ours_one_epoch_train_bf16": [sys.executable, "train.py", "--quadrants", k, "--epochs", "1",
-                                          "--train-subset", n, "--train-precision", "bf16", "--no-eval",
-                                          "--no-progress", "--overwrite", "--out", str(Path(scratch) / "run")],
+            "ours_one_epoch": one_epoch,
+            "ours_one_epoch_train_bf16": [*one_epoch, "--train-precision", "bf16"],
             "peer_one_epoch": [sys.executable, "benchmarks/pyro_tutorial.py", "--quadrants", k, "--epochs", "1",
                                "--train-subset", n],
         }
