@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=cli.seed, default=defaults.seed)
     p.add_argument("--ar-window", type=cli.odd_window("--ar-window"), default=0,
                    help="the autoregressive term's window (train.py --ar-window; default 0: every earlier pixel)")
+    p.add_argument("--sample-targets", action="store_true",
+                   help="train on binary targets b ~ Bernoulli(y) drawn afresh for every batch (train.py's option)")
+    p.add_argument("--binarize", action="store_true", help="targets thresholded at 0.5 (train.py's option)")
     p.add_argument("--epochs", type=cli.epochs, default=defaults.epochs)
     p.add_argument("--data-dir", default=defaults.data_dir)
     p.add_argument("--binarizations", type=cli.positive_int("--binarizations"), default=1, metavar="T",
@@ -78,9 +81,10 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
 
 def control(args: argparse.Namespace, device, out: Path, stop: StopFlag | None) -> int:
     config = RunConfig(quadrants=sorted(set(args.quadrants)), seed=args.seed, epochs=args.epochs,
-                       data_dir=args.data_dir)
+                       data_dir=args.data_dir, sample_targets=args.sample_targets, binarize=args.binarize)
     saved = {"control": "autoregressive_baseline", "seed": config.seed, "quadrants": config.quadrants,
              "epochs": config.epochs, "ar_window": args.ar_window}
+    saved |= {name: True for name in ("sample_targets", "binarize") if getattr(args, name)}  # older runs lack them
     if (out / "config.json").is_file() and _saved_config(out / "config.json") != saved:
         raise cli.UserError(f"{out} holds another run ({out / 'config.json'}). Choose another --out.")
     remove_stale_temporaries(out)

@@ -104,6 +104,10 @@ def positive_float(what: str) -> Callable[[str], float]:
     return lambda text: _real(text, what, lambda v: 0 < v < float("inf"), "a positive finite number, e.g. 1e-3")
 
 
+def non_negative_float(what: str) -> Callable[[str], float]:
+    return lambda text: _real(text, what, lambda v: 0 <= v < float("inf"), "a number >= 0, e.g. 0.5")
+
+
 def unit_interval(what: str) -> Callable[[str], float]:
     return lambda text: _real(text, what, lambda v: 0 <= v <= 1, "a number from 0 to 1, e.g. 0.5")
 

@@ -169,6 +169,19 @@ class RunConfig:
         0, "training", "epochs over which the KL term's weight rises linearly from 0 to 1 (Bowman et al. 2016; 0: "
         "always 1, the paper's); patience counts from its end", _integer(0), parse=cli.non_negative_int("--kl-warmup"),
         legacy=0)
+    sample_targets: bool = option(
+        False, "training", "train the CVAE on binary targets b ~ Bernoulli(y), drawn afresh for every batch (dynamic "
+        "binarization: its objective is then the true likelihood of binarized outputs); the baseline stays on y",
+        legacy=False)
+    free_bits: float = option(
+        0.0, "training", "free bits (Kingma et al. 2016): nats of KL per latent dimension that cost the same as none "
+        "(0: off, the ELBO)", _real(lambda v: 0 <= v < math.inf, "a number >= 0, e.g. 0.1"),
+        parse=cli.non_negative_float("--free-bits"), legacy=0.0)
+    aux_weight: float = option(
+        0.0, "training", "with --autoregressive: weight of an auxiliary loss, -log p(y|x,z) of the generation net "
+        "without the autoregressive term (after Zhao et al. 2017; 0: off)",
+        _real(lambda v: 0 <= v < math.inf, "a number >= 0, e.g. 1"), parse=cli.non_negative_float("--aux-weight"),
+        legacy=0.0)
     train_precision: str = option(
         "fp32", "training", "the arithmetic of the networks' matrix products in training: fp32, bf16 (autocast; the "
         "losses stay float32), or auto (bf16 where the hardware multiplies it natively and fast, cvae.precision)",

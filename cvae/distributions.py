@@ -57,9 +57,15 @@ def kl_divergence(q: DiagonalGaussian, p: DiagonalGaussian) -> torch.Tensor:
     KL = sum_d [ log(sigma_p / sigma_q) + (sigma_q^2 + (mu_q - mu_p)^2) / (2 sigma_p^2) - 1/2 ]
     (the Gaussian case of Kingma & Welling 2014, appendix B, with a non-standard prior). -> (...)
     """
+    return kl_divergence_per_dimension(q, p).sum(-1)
+
+
+def kl_divergence_per_dimension(q: DiagonalGaussian, p: DiagonalGaussian) -> torch.Tensor:
+    """The terms d of ``kl_divergence``'s sum, one per dimension of the event (the KL of each coordinate's
+    Gaussians, which are independent): (..., D)."""
     variance_ratio = (q.scale / p.scale).square()
     mean_term = ((q.loc - p.loc) / p.scale).square()
-    return 0.5 * (variance_ratio + mean_term - 1.0 - variance_ratio.log()).sum(-1)
+    return 0.5 * (variance_ratio + mean_term - 1.0 - variance_ratio.log())
 
 
 def bernoulli_log_likelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -196,7 +196,8 @@ def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, devi
 
     torch.manual_seed(config.seed * 10 + k)  # initial weights, the same whether resumed or not
     baseline = new_model("baseline", k, config).to(device)
-    baseline_settings = dataclasses.replace(settings, kl_warmup=0)  # no KL term: the same baseline whatever the warm-up
+    # no KL term and gray targets: the same baseline whatever the CVAE's training options
+    baseline_settings = dataclasses.replace(settings, kl_warmup=0, sample_targets=False, free_bits=0.0, aux_weight=0.0)
     histories = {"baseline": train_loop(baseline, train, val, baseline_settings, paths.baseline,
                                  paths.baseline_state, stop, progress, f"q{k} baseline")}
 

@@ -12,7 +12,7 @@ import torch
 
 from .choices import RUN_OBJECTIVES  # noqa: F401 (train's names of the objectives, named here too)
 from .conditional_vae import ConditionalVAE
-from .distributions import DiagonalGaussian, GaussianMixture, kl_divergence
+from .distributions import DiagonalGaussian, GaussianMixture, kl_divergence, kl_divergence_per_dimension
 from .regressor import Regressor
 
 OBJECTIVES = ("elbo", "gsnn", "hybrid", "iwae")
@@ -50,6 +50,47 @@ def latent_kl(posterior: DiagonalGaussian, prior: DiagonalGaussian | GaussianMix
     if isinstance(prior, DiagonalGaussian):
         return kl_divergence(posterior, prior).unsqueeze(0)
     return posterior.log_prob(z) - prior.log_prob(z)
+
+
+def remedied_elbo_loss(
+    model: ConditionalVAE,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator | None = None,
+    y_hat: torch.Tensor | None = None,
+    kl_weight: float = 1.0,
+    free_bits: float = 0.0,
+    aux_weight: float = 0.0,
+) -> torch.Tensor:
+    """The batch-mean negative ELBO (one z ~ q(z|x,y) per example) with two remedies against posterior collapse
+    under a strong decoder, each off at 0:
+
+        loss = -mean_n log p(y_n|x_n,z_n) + kl_weight * KL_fb - aux_weight * mean_n log p_g(y_n|x_n,z_n),
+
+        KL_fb = sum_j max(free_bits, mean_n KL_nj)       (free bits, Kingma et al. 2016, section 4 / appendix C,
+                                                           one group per latent dimension j),
+
+    where KL_nj = KL(q(z_j|x_n,y_n) || p(z_j|x_n)) is the closed-form KL of coordinate j (it needs a Gaussian
+    prior): a dimension whose batch-mean KL is below free_bits nats costs free_bits and gets no gradient pulling
+    it to the prior, so the model has that much information in z for free. p_g(y|x,z) is the generation net's own
+    prediction without the autoregressive term, Bernoulli(sigmoid(g(z, x))): the auxiliary loss (after Zhao et
+    al. 2017, who predict y from z alone; here from z and the condition, which the decoder sees anyway) makes
+    z and g explain y without the earlier pixels, so the digit's shape must go through z. With free_bits = 0
+    and aux_weight = 0 the loss is -mean ELBO. Returns a scalar.
+    """
+    context = model.context(x, y_hat, y)
+    posterior, prior = model.posterior(x, y), model.prior(x, context)
+    if free_bits > 0 and not isinstance(prior, DiagonalGaussian):
+        raise ValueError("free bits need a Gaussian prior p(z|x) (the KL per latent dimension in closed form)")
+    z = posterior.rsample((1,), generator=generator)
+    loss = -model.log_likelihood(x, y, z, context).mean()
+    if free_bits > 0:
+        loss = loss + kl_weight * kl_divergence_per_dimension(posterior, prior).mean(0).clamp(min=free_bits).sum()
+    else:
+        loss = loss + kl_weight * latent_kl(posterior, prior, z).mean()
+    if aux_weight > 0:
+        loss = loss - aux_weight * model.likelihood.log_prob(model.params(x, z, context), y).mean()
+    return loss
 
 
 def gsnn_objective(
@@ -122,14 +163,21 @@ def training_loss(
     alpha: float = 0.5,
     iw_samples: int = 5,
     kl_weight: float = 1.0,
+    free_bits: float = 0.0,
+    aux_weight: float = 0.0,
 ) -> torch.Tensor:
     """The batch-mean loss a model is trained on, in nats per example: the baseline's -log p(y|x)
     (exact); for the CVAE the negative of its objective ("elbo" (train.py's "cvae"), "gsnn", or "hybrid" with
     weight alpha on the ELBO, with one sample of z; "iwae": the importance-weighted bound with
-    iw_samples samples of z), the KL terms scaled by kl_weight."""
+    iw_samples samples of z), the KL terms scaled by kl_weight; free_bits and aux_weight change the ELBO's loss
+    (``remedied_elbo_loss``) and no other objective's."""
     if not isinstance(model, ConditionalVAE):
         return -model.log_likelihood(x, y).mean()
+    if (free_bits or aux_weight) and objective not in ("elbo", "cvae"):
+        raise ValueError(f"free_bits and aux_weight change the ELBO objective, not {objective!r}")
     if objective in ("elbo", "cvae"):
+        if free_bits or aux_weight:
+            return remedied_elbo_loss(model, x, y, generator, y_hat, kl_weight, free_bits, aux_weight)
         return -elbo(model, x, y, 1, generator, y_hat, kl_weight).mean()
     if objective == "gsnn":
         return -gsnn_objective(model, x, y, 1, generator, y_hat).mean()

@@ -93,16 +93,26 @@ class FitSettings:
     lr_halving: int = 0  # after warm-up, halve the learning rate after each run of this many epochs without a new
     # best validation loss (0: never)
     precision: str = "fp32"  # the loss's forward: "fp32", or "bf16" autocast for the networks (cvae.precision)
+    sample_targets: bool = False  # train on binary targets b ~ Bernoulli(y), drawn afresh for every batch
+    free_bits: float = 0.0  # nats per latent dimension (objectives.remedied_elbo_loss; 0: off)
+    aux_weight: float = 0.0  # weight of the auxiliary loss (objectives.remedied_elbo_loss; 0: off)
 
     def __post_init__(self) -> None:
+        if (self.free_bits or self.aux_weight) and self.objective not in ("elbo", "cvae"):
+            raise ValueError(f"free_bits and aux_weight change the ELBO objective, not {self.objective!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (see cvae.precision.resolve), "
                              f"got {self.precision!r}")
 
-    def loss(self, model: nn.Module, *batch: torch.Tensor, generator: torch.Generator,
-             kl_weight: float = 1.0) -> torch.Tensor:
-        return training_loss(model, *batch, generator=generator, objective=self.objective, alpha=self.alpha,
-                             iw_samples=self.iw_samples, kl_weight=kl_weight)
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *rest: torch.Tensor,
+             generator: torch.Generator, kl_weight: float = 1.0) -> torch.Tensor:
+        """``objectives.training_loss`` of a batch (x, y[, y_hat]) with these settings; with sample_targets, of
+        (x, b[, y_hat]) with b ~ Bernoulli(y) drawn from ``generator`` (``binarized``)."""
+        if self.sample_targets:
+            y = binarized(y, generator)
+        return training_loss(model, x, y, *rest, generator=generator, objective=self.objective, alpha=self.alpha,
+                             iw_samples=self.iw_samples, kl_weight=kl_weight, free_bits=self.free_bits,
+                             aux_weight=self.aux_weight)
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of an epoch (counted from 0): exponential decay, lr * lr_decay ** epoch."""
@@ -114,6 +124,14 @@ class FitSettings:
         if self.kl_warmup == 0:
             return 1.0
         return min(1.0, (epoch * num_batches + step) / (self.kl_warmup * num_batches))
+
+
+def binarized(y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Dynamic binarization (Salakhutdinov & Murray 2008): b_i ~ Bernoulli(y_i), each gray level read as the
+    probability that the pixel is on; b = [u < y] with u ~ U[0, 1). Trained on such draws, a model maximizes
+    E_b log p(b|x), the true likelihood of binarized outputs that the evaluation reports (cvae.true_likelihood).
+    The validation loss draws from a generator seeded afresh at each epoch, so it sees the same b every epoch."""
+    return (torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype) < y).to(y.dtype)
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:

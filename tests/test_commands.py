@@ -94,19 +94,20 @@ def saved_config(run: Path) -> dict:
     return json.loads((run / "config.json").read_text())["config"]
 
 
-def test_the_kl_warmup_reaches_the_cvae_and_not_the_baseline(mnist_dir: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cvae_training_options_reach_the_cvae_and_not_the_baseline(mnist_dir: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
 
     def recording(model, train, val, settings, *rest, **more):
-        seen.append((type(model).__name__, settings.kl_warmup))
+        seen.append((type(model).__name__, settings.kl_warmup, settings.sample_targets, settings.free_bits))
         return real(model, train, val, settings, *rest, **more)
 
     real = experiment.train_loop
     monkeypatch.setattr(experiment, "train_loop", recording)
-    status, err = new_run(mnist_dir, tmp_path / "run", "--kl-warmup", "3")
+    status, err = new_run(mnist_dir, tmp_path / "run", "--kl-warmup", "3", "--sample-targets", "--free-bits", "0.25")
     assert status == 0, err
-    assert seen == [("BaselineNet", 0), ("CVAE", 3)]  # the baseline has no KL term to warm up
+    # the baseline has no KL term, and trains on the gray targets: the same NN whatever the CVAE's options
+    assert seen == [("BaselineNet", 0, False, 0.0), ("CVAE", 3, True, 0.25)]
 
 
 def test_config_starts_a_new_run_like_another(mnist_dir: Path, tmp_path: Path, finished_run: Path) -> None:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import distributions as td
 
-from cvae.distributions import DiagonalGaussian, bernoulli_log_likelihood, kl_divergence
+from cvae.distributions import DiagonalGaussian, bernoulli_log_likelihood, kl_divergence, kl_divergence_per_dimension
 
 
 def random_gaussian(*shape: int, seed: int = 0) -> DiagonalGaussian:
@@ -35,6 +35,13 @@ def test_kl_matches_torch_distributions_closed_form():
     q, p = random_gaussian(7, 5, seed=2), random_gaussian(7, 5, seed=3)
     expected = td.kl_divergence(td.Normal(q.loc, q.scale), td.Normal(p.loc, p.scale)).sum(-1)
     torch.testing.assert_close(kl_divergence(q, p), expected)
+
+
+def test_kl_per_dimension_is_each_coordinates_kl_and_sums_to_the_kl():
+    q, p = random_gaussian(7, 5, seed=2), random_gaussian(7, 5, seed=3)
+    expected = td.kl_divergence(td.Normal(q.loc, q.scale), td.Normal(p.loc, p.scale))
+    torch.testing.assert_close(kl_divergence_per_dimension(q, p), expected)
+    torch.testing.assert_close(kl_divergence_per_dimension(q, p).sum(-1), kl_divergence(q, p))
 
 
 def test_kl_matches_monte_carlo_estimate():

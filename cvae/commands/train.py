@@ -121,6 +121,12 @@ def check_new_run(args: argparse.Namespace, device: torch.device) -> tuple[Path,
     if config.train_subset is not None and config.train_subset < config.batch_size:
         raise cli.UserError(f"--train-subset {config.train_subset} is smaller than --batch-size "
                             f"{config.batch_size}: use at least one full batch of images.")
+    if (config.free_bits or config.aux_weight) and config.objective != "cvae":
+        raise cli.UserError(f"--free-bits and --aux-weight change the ELBO objective (--objective cvae), not "
+                            f"--objective {config.objective}.")
+    if config.aux_weight and not config.autoregressive:
+        raise cli.UserError("--aux-weight needs --autoregressive: without the term the auxiliary loss is the "
+                            "reconstruction term itself.")
     check_memory(config, device)
     return run_dir, config
 

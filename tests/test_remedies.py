@@ -1,0 +1,102 @@
+"""The training options against posterior collapse (free bits, the auxiliary loss) and dynamic binarization of
+the targets, each against what it must equal."""
+
+import copy
+
+import pytest
+import torch
+
+from cvae import CVAE, BaselineNet, QuadrantTask
+from cvae.distributions import kl_divergence_per_dimension
+from cvae.objectives import elbo, remedied_elbo_loss, training_loss
+from cvae.training import FitSettings, binarized, validation_loss
+
+Z_DIM = 4
+
+
+def data(n: int = 32):
+    return QuadrantTask(1).split(torch.rand(n, 784, generator=torch.Generator().manual_seed(0)))
+
+
+def model(ar_weights: float = 0.0) -> CVAE:
+    """A small CVAE with a 3x3 autoregressive term; its weights drawn at scale ar_weights (0: the term is 0)."""
+    torch.manual_seed(0)
+    cvae = CVAE(BaselineNet(1, hidden=(16, 16)), z_dim=Z_DIM, hidden=(16, 16), autoregressive=True, ar_window=3)
+    with torch.no_grad():
+        cvae.autoregression.weight.normal_(0, ar_weights) if ar_weights else None
+    return cvae
+
+
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(1)
+
+
+def test_with_both_remedies_off_the_loss_is_the_negative_elbo():
+    cvae, (x, y) = model(0.3), data()
+    torch.testing.assert_close(remedied_elbo_loss(cvae, x, y, gen()), -elbo(cvae, x, y, 1, gen()).mean())
+
+
+def test_free_bits_charge_each_dimension_at_least_its_allowance():
+    cvae, (x, y) = model(), data()
+    allowance = 0.05
+    loss = remedied_elbo_loss(cvae, x, y, gen(), free_bits=allowance)
+    per_dimension = kl_divergence_per_dimension(cvae.posterior(x, y), cvae.prior(x)).mean(0)
+    assert (per_dimension < allowance).any() and (per_dimension > allowance).any()  # the clamp matters here
+    reconstruction = -elbo(cvae, x, y, 1, gen()).mean() - per_dimension.sum()
+    torch.testing.assert_close(loss, reconstruction + per_dimension.clamp(min=allowance).sum())
+
+
+def test_under_free_bits_no_gradient_pulls_the_posterior_to_the_prior():
+    """Above every dimension's KL, the allowance is a constant: the prior net (which only the KL term uses) gets no
+    gradient, and the loss is the reconstruction term plus z_dim x the allowance."""
+    cvae, (x, y) = model(), data()
+    for free_bits, prior_moves in ((0.0, True), (1e3, False)):
+        cvae.zero_grad()
+        loss = training_loss(cvae, x, y, generator=gen(), free_bits=free_bits)
+        loss.backward()
+        gradient = sum(p.grad.abs().sum() for p in cvae.prior_net.parameters())
+        assert (gradient > 0) == prior_moves
+    reconstruction = -elbo(cvae, x, y, 1, gen(), kl_weight=0.0).mean()
+    torch.testing.assert_close(loss, reconstruction + Z_DIM * 1e3)
+
+
+def test_the_auxiliary_loss_is_the_likelihood_without_the_autoregressive_term():
+    cvae, (x, y) = model(0.3), data()
+    without_term = copy.deepcopy(cvae)
+    without_term.autoregression = None
+    weight = 0.7
+    extra = remedied_elbo_loss(cvae, x, y, gen(), aux_weight=weight) - remedied_elbo_loss(cvae, x, y, gen())
+    z = cvae.posterior(x, y).rsample((1,), generator=gen())
+    expected = -weight * without_term.log_likelihood(x, y, z).mean()
+    torch.testing.assert_close(extra, expected)
+    assert not torch.allclose(expected, -weight * cvae.log_likelihood(x, y, z).mean())  # the term is really left out
+
+
+def test_remedies_are_refused_for_other_objectives():
+    cvae, (x, y) = model(), data()
+    with pytest.raises(ValueError, match="change the ELBO objective"):
+        training_loss(cvae, x, y, generator=gen(), objective="iwae", free_bits=0.1)
+    with pytest.raises(ValueError, match="change the ELBO objective"):
+        FitSettings(objective="gsnn", aux_weight=1.0)
+
+
+def test_binarized_targets_are_bernoulli_draws_of_the_gray_levels():
+    y = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0]).repeat(40_000, 1)
+    b = binarized(y, gen())
+    assert set(b.unique().tolist()) <= {0.0, 1.0}
+    assert (b[:, 0] == 0).all() and (b[:, -1] == 1).all()
+    standard_error = (y[0] * (1 - y[0]) / len(y)).sqrt()
+    assert ((b.mean(0) - y[0]).abs() <= 4 * standard_error + 1e-12).all()
+
+
+def test_sample_targets_trains_on_draws_from_the_noise_generator_and_validates_on_one_fixed_draw():
+    cvae, (x, y) = model(0.3), data()
+    settings = FitSettings(sample_targets=True, seed=5)
+    noise = gen()
+    loss = settings.loss(cvae, x, y, generator=noise)
+    replay = gen()
+    b = binarized(y, replay)
+    torch.testing.assert_close(loss, training_loss(cvae, x, b, generator=replay))
+    assert not torch.allclose(loss, training_loss(cvae, x, y, generator=gen()))
+    first, second = validation_loss(cvae, (x, y), settings), validation_loss(cvae, (x, y), settings)
+    assert first == second  # the same draws b (and z) at every epoch
