@@ -72,8 +72,9 @@ def remedied_elbo_loss(
 
     where KL_nj = KL(q(z_j|x_n,y_n) || p(z_j|x_n)) is the closed-form KL of coordinate j (it needs a Gaussian
     prior): a dimension whose batch-mean KL is below free_bits nats costs free_bits and gets no gradient pulling
-    it to the prior, so the model has that much information in z for free. p_g(y|x,z) is the generation net's own
-    prediction without the autoregressive term, Bernoulli(sigmoid(g(z, x))): the auxiliary loss (after Zhao et
+    it to the prior, so the model has that much information in z for free. p_g(y|x,z) is the likelihood with the
+    generation net's output g(z, x) alone as its parameters, without the autoregressive term (for the quadrant
+    task Bernoulli(sigmoid(g(z, x)))): the auxiliary loss (after Zhao et
     al. 2017, who predict y from z alone; here from z and the condition, which the decoder sees anyway) makes
     z and g explain y without the earlier pixels, so the digit's shape must go through z. With free_bits = 0
     and aux_weight = 0 the loss is -mean ELBO. Returns a scalar.

@@ -47,3 +47,22 @@ def test_the_control_script_trains_and_reports(mnist_dir: Path, tmp_path: Path):
     assert checkpoints.load(tmp_path / "run/q3/baseline.pt")["config"]["autoregressive"] is True
     status, err = invoke(script.main, [*argv[:-1], str(tmp_path / "run"), "--seed", "1"])
     assert status == 2 and "holds another run" in err
+
+
+def test_the_control_trains_on_binarized_targets_when_asked(mnist_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    script, seen = load_script("autoregressive_baseline"), []
+    real = script.train_loop
+
+    def recording(model, train, val, settings, *rest, **more):
+        seen.append((settings.sample_targets, bool(((train[1] == 0) | (train[1] == 1)).all())))
+        return real(model, train, val, settings, *rest, **more)
+
+    monkeypatch.setattr(script, "train_loop", recording)
+    base = ["--quadrants", "3", "--epochs", "1", "--data-dir", str(mnist_dir), "--device", "cpu", "--no-progress"]
+    for flag, out in (("--sample-targets", "sampled"), ("--binarize", "thresholded")):
+        status, err = invoke(script.main, [*base, flag, "--out", str(tmp_path / out)])
+        assert status == 0, err
+        assert checkpoints.read_json(tmp_path / out / "config.json", "config.json", "")[flag[2:].replace("-", "_")]
+    # sampled: gray targets, binarized at every step by the loop's settings; thresholded: binary targets
+    assert seen == [(True, False), (False, True)]
