@@ -328,15 +328,23 @@ def changes(config: dict) -> str:
     return ", ".join(changed) or "none (the paper's set-up)"
 
 
+# the ablation table's columns: (results.json key, heading, digits); those after the first two where a run has them
+ABLATION_COLUMNS = (("cvae_is", "CVAE IS", 2), ("nn", "NN", 2), ("cvae_true_is", "CVAE IS, true CLL", 2),
+                    ("cvae_diversity", "CVAE diversity", 3))
+
+
 def ablation_table(runs: list[dict]) -> str:
     """Markdown: one row per run, labelled by what its configuration changes from the paper's, with the CVAE's
-    importance-sampled CLL and the NN's per setting (this run's seed; ± the per-image standard error)."""
+    importance-sampled CLL and the NN's per setting, and where the runs have them the CVAE's true CLL of binarized
+    outputs and its classifier diversity (this run's seed; ± the per-image standard error; —: not measured)."""
     settings = sorted({key for run in runs for key in run if key.isdigit()})
-    lines = ["| changes from the paper's set-up | seed | " + " | ".join(f"CVAE IS, {k}q" for k in settings) + " | "
-             + " | ".join(f"NN, {k}q" for k in settings) + " |", "|---" * (2 * len(settings) + 2) + "|"]
+    columns = [column for i, column in enumerate(ABLATION_COLUMNS) if i < 2 or _has(runs, column[0])]
+    lines = ["| changes from the paper's set-up | seed | "
+             + " | ".join(f"{heading}, {k}q" for _, heading, _ in columns for k in settings) + " |",
+             "|---" * (len(columns) * len(settings) + 2) + "|"]
     for run in runs:
-        cells = [f"{run[k][key]['mean']:.2f} ± {run[k][key]['sem']:.2f}" if k in run else "—"
-                 for key in ("cvae_is", "nn") for k in settings]
+        cells = [f"{run[k][key]['mean']:.{digits}f} ± {run[k][key]['sem']:.{digits}f}" if key in run.get(k, {})
+                 else "—" for key, _, digits in columns for k in settings]
         lines.append(f"| {changes(run['config'])} | {run.get('seed', '?')} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

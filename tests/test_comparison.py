@@ -74,6 +74,14 @@ def test_ablation_rows_name_what_each_run_changes_from_the_papers_set_up():
     table = ablation_table(runs)
     assert "| none (the paper's set-up) | 0 | 65.00 ± 0.50 | 100.00 ± 0.50 |" in table
     assert "| objective iwae, iw samples 10 | 1 | 63.00 ± 0.50 | 100.00 ± 0.50 |" in table
+    assert "true CLL" not in table and "diversity" not in table  # columns only for what the runs measured
+
+    runs[1] = with_samples(runs[1], 61.0, 7)
+    table = ablation_table(runs)
+    assert "| CVAE IS, 1q | NN, 1q | CVAE IS, true CLL, 1q | CVAE diversity, 1q |" in table
+    assert "| none (the paper's set-up) | 0 | 65.00 ± 0.50 | 100.00 ± 0.50 | — | — |" in table
+    assert ("| objective iwae, iw samples 10 | 1 | 63.00 ± 0.50 | 100.00 ± 0.50 | 61.00 ± 0.50 | 61.000 ± 0.500 |"
+            in table)
 
 
 def test_without_cvae_runs_the_nn_row_counts_each_seed_once():
