@@ -224,7 +224,7 @@ def test_unknown_and_missing_keys_are_refused_but_old_runs_keep_their_defaults()
     first_version = {key: value for key, value in RunConfig().to_dict().items() if key not in legacy}
     assert RunConfig.from_dict(first_version) == RunConfig()  # a run of the first version: the paper's set-up
     assert set(legacy) == {"objective", "alpha", "iw_samples", "lr_decay", "preset", "autoregressive", "ar_window",
-                           "likelihood", "train_precision", "kl_warmup"}
+                           "likelihood", "train_precision", "kl_warmup", "sample_targets", "free_bits", "aux_weight"}
     for preset, values in PRESETS.items():
         config = RunConfig(**values, preset=preset, seed=run_config.MAX_SEED, train_subset=256, lr=1)
         assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
