@@ -52,6 +52,13 @@ def latent_kl(posterior: DiagonalGaussian, prior: DiagonalGaussian | GaussianMix
     return posterior.log_prob(z) - prior.log_prob(z)
 
 
+def check_elbo_remedies(objective: str, free_bits: float, aux_weight: float) -> None:
+    """ValueError where free_bits or aux_weight (``remedied_elbo_loss``) is set for an objective other than the
+    ELBO, which they change and which alone they apply to."""
+    if (free_bits or aux_weight) and objective not in ("elbo", "cvae"):
+        raise ValueError(f"free_bits and aux_weight change the ELBO objective, not {objective!r}")
+
+
 def remedied_elbo_loss(
     model: ConditionalVAE,
     x: torch.Tensor,
@@ -174,8 +181,7 @@ def training_loss(
     (``remedied_elbo_loss``) and no other objective's."""
     if not isinstance(model, ConditionalVAE):
         return -model.log_likelihood(x, y).mean()
-    if (free_bits or aux_weight) and objective not in ("elbo", "cvae"):
-        raise ValueError(f"free_bits and aux_weight change the ELBO objective, not {objective!r}")
+    check_elbo_remedies(objective, free_bits, aux_weight)
     if objective in ("elbo", "cvae"):
         if free_bits or aux_weight:
             return remedied_elbo_loss(model, x, y, generator, y_hat, kl_weight, free_bits, aux_weight)

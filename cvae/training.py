@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoints, distributed
 from .conditional_vae import ConditionalVAE
-from .objectives import training_loss
+from .objectives import check_elbo_remedies, training_loss
 from .precision import autocast
 
 CHECK_EVERY = 50  # steps between the (synchronizing) finiteness checks and progress-bar updates
@@ -98,8 +98,7 @@ class FitSettings:
     aux_weight: float = 0.0  # weight of the auxiliary loss (objectives.remedied_elbo_loss; 0: off)
 
     def __post_init__(self) -> None:
-        if (self.free_bits or self.aux_weight) and self.objective not in ("elbo", "cvae"):
-            raise ValueError(f"free_bits and aux_weight change the ELBO objective, not {self.objective!r}")
+        check_elbo_remedies(self.objective, self.free_bits, self.aux_weight)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (see cvae.precision.resolve), "
                              f"got {self.precision!r}")

@@ -22,8 +22,8 @@ def model(ar_weights: float = 0.0) -> CVAE:
     """A small CVAE with a 3x3 autoregressive term; its weights drawn at scale ar_weights (0: the term is 0)."""
     torch.manual_seed(0)
     cvae = CVAE(BaselineNet(1, hidden=(16, 16)), z_dim=Z_DIM, hidden=(16, 16), autoregressive=True, ar_window=3)
-    with torch.no_grad():
-        cvae.autoregression.weight.normal_(0, ar_weights) if ar_weights else None
+    if ar_weights:
+        torch.nn.init.normal_(cvae.autoregression.weight, std=ar_weights)
     return cvae
 
 
