@@ -28,9 +28,9 @@ import torch
 from common import log, machine, median_seconds, our_models, quadrant_data, start
 
 from cvae import estimators
-from cvae.config import RunConfig
-from cvae.experiment import load_model, read_run, setting_paths
-from cvae.models import CVAE
+from cvae.paper.config import RunConfig
+from cvae.paper.models import CVAE, load_model
+from cvae.paper.runs import read_run, setting_paths
 
 MEASUREMENTS = (("negative_elbo", 100), ("cll_monte_carlo", 100), ("cll_importance", 100),
                 ("cll_importance", 1000))

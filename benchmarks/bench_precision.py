@@ -1,7 +1,7 @@
 """bf16 against float32 evaluation, side by side in one run: speed and the estimates themselves.
 
 For each setting, the NN's exact CLL and the CVAE's negative ELBO, Monte Carlo and importance-sampled estimates
-(cvae.evaluation.per_image_cll, S = --num-samples) on the test images, once with the networks' matrix products
+(cvae.paper.evaluation.per_image_cll, S = --num-samples) on the test images, once with the networks' matrix products
 in float32 and once under bf16 autocast (cvae.precision), interleaved --repeats times. Prints the times, the
 speed ratio and, per estimator, the difference of the two means (bf16 - fp32) in nats with its paired standard
 error. With --run-dir the trained models of a finished run are used, so the differences are those of the
@@ -25,11 +25,13 @@ from pathlib import Path
 import torch
 from common import DATA_DIR, log, machine, our_models, start, synchronize
 
-from cvae.config import RunConfig
-from cvae.data import load_splits
-from cvae.evaluation import KEYS, mean_and_sem, per_image_cll
-from cvae.experiment import load_model, read_run, setting_paths, task_data
-from cvae.quadrants import QuadrantTask
+from cvae.paper.config import RunConfig
+from cvae.paper.data import load_splits
+from cvae.paper.evaluation import KEYS, mean_and_sem, per_image_cll
+from cvae.paper.experiment import task_data
+from cvae.paper.models import load_model
+from cvae.paper.quadrants import QuadrantTask
+from cvae.paper.runs import read_run, setting_paths
 
 ARITHMETICS = ("fp32", "bf16")
 

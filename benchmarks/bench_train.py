@@ -37,7 +37,7 @@ from common import (
 )
 
 from cvae.fitting import predictions
-from cvae.quadrants import NUM_PIXELS
+from cvae.paper.quadrants import NUM_PIXELS
 
 
 def parse_args() -> argparse.Namespace:

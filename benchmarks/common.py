@@ -27,12 +27,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cvae import cli, precision
-from cvae.data import load_splits
-from cvae.experiment import task_data
-from cvae.models import CVAE, BaselineNet
-from cvae.quadrants import QuadrantTask
-from cvae.training import FUSED_ADAM_DEVICES, FitSettings, epoch_order, train_step
+from cvae import precision
+from cvae.paper import cli
+from cvae.paper.data import load_splits
+from cvae.paper.experiment import task_data
+from cvae.paper.models import CVAE, BaselineNet
+from cvae.paper.quadrants import QuadrantTask
+from cvae.settings import TrainingSettings
+from cvae.training import FUSED_ADAM_DEVICES, batch_loss, epoch_order, train_step
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # the repository's data/, wherever we run from
 FLOP_RULE = ("per image: forward = 2*fan_in*fan_out per Linear; training = forward + backward, backward = "
@@ -71,7 +73,7 @@ def machine() -> dict:
 
 
 def start(threads: int | None) -> None:
-    """What every benchmark does first, as the commands do (cvae.cli.start_torch): flush denormals, before any
+    """What every benchmark does first, as the commands do (cvae.paper.cli.start_torch): flush denormals, before any
     torch operation starts the CPU threads (they inherit it only when created); then the thread count, if given."""
     cli.start_torch()
     if threads is not None:
@@ -141,7 +143,7 @@ def our_models(k: int, device: torch.device, seed: int = 0) -> tuple[BaselineNet
 @dataclass
 class OurTrainer:
     """cvae.training.fit's inner loop in one process, without validation and checkpoints (denormals flushed by
-    ``start``): gather a batch by the epoch's order, cvae.training.train_step on FitSettings.loss
+    ``start``): gather a batch by the epoch's order, cvae.training.train_step on cvae.training.batch_loss
     (objectives.training_loss, the ELBO for the CVAE) with fused Adam (lr 1e-3), record the loss, check finiteness
     every 50 steps. data = (x, y) for the baseline, (x, y, filled) for the CVAE; precision: "fp32" or "bf16"
     (cvae.precision)."""
@@ -154,7 +156,7 @@ class OurTrainer:
 
     def __post_init__(self) -> None:
         device = self.data[0].device
-        self.settings = FitSettings(batch_size=self.batch_size, lr=1e-3, seed=self.seed)
+        self.settings = TrainingSettings(batch_size=self.batch_size, lr=1e-3, seed=self.seed)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(parameters, lr=1e-3, fused=device.type in FUSED_ADAM_DEVICES)
         self.noise = torch.Generator(device).manual_seed(self.seed)
@@ -172,7 +174,7 @@ class OurTrainer:
         self.model.train()
         for step in range(num_steps):
             batch = order[step * self.batch_size:(step + 1) * self.batch_size]
-            losses[step] = train_step(partial(self.settings.loss, self.model), self.optimizer,
+            losses[step] = train_step(partial(batch_loss, self.settings, self.model), self.optimizer,
                                       [t[batch] for t in self.data], self.noise, precision=self.precision)
             if (step + 1) % 50 == 0 or step + 1 == num_steps:
                 if not torch.isfinite(losses[:step + 1]).all():

@@ -61,8 +61,8 @@ from torch.utils.data import DataLoader, Subset
 
 from cvae import estimators, precision
 from cvae.fitting import predictions
-from cvae.models import CVAE, BaselineNet
-from cvae.quadrants import QuadrantTask
+from cvae.paper.models import CVAE, BaselineNet
+from cvae.paper.quadrants import QuadrantTask
 from cvae.training import epoch_order
 
 BATCH_SIZE = 128

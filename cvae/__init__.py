@@ -5,7 +5,7 @@
 
 The names are imported when first used (PEP 562), so that importing cvae, or running a command's --help, does not
 import torch. Importing cvae changes nothing of torch's numerics: the commands that train or evaluate set
-``torch.set_flush_denormal`` themselves (``cvae.commands``).
+``torch.set_flush_denormal`` themselves (``cvae.paper.commands``).
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ if TYPE_CHECKING:
     from . import estimators, likelihoods
     from .conditional_vae import ConditionalVAE
     from .fitting import fit
-    from .models import CVAE, BaselineNet
-    from .quadrants import QuadrantTask
+    from .paper.models import CVAE, BaselineNet
+    from .paper.quadrants import QuadrantTask
     from .regressor import Regressor
 
 # each public name -> the module that defines it (relative to this package)
+# (CVAE, BaselineNet and QuadrantTask are the paper experiment's, cvae.paper, named here for convenience: the
+# library's own modules never import cvae.paper)
 _SOURCES = {"ConditionalVAE": ".conditional_vae", "Regressor": ".regressor", "fit": ".fitting",
-            "likelihoods": ".likelihoods", "estimators": ".estimators", "CVAE": ".models", "BaselineNet": ".models",
-            "QuadrantTask": ".quadrants"}
+            "likelihoods": ".likelihoods", "estimators": ".estimators", "CVAE": ".paper.models",
+            "BaselineNet": ".paper.models", "QuadrantTask": ".paper.quadrants"}
 
 __all__ = ["ConditionalVAE", "Regressor", "fit", "likelihoods", "estimators", "CVAE", "BaselineNet", "QuadrantTask"]
 

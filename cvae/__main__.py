@@ -1,7 +1,7 @@
-"""``python -m cvae COMMAND ...``: the same as the ``cvae-sohn`` command (``cvae.commands``)."""
+"""``python -m cvae COMMAND ...``: the same as the ``cvae-sohn`` command (``cvae.paper.commands``)."""
 
 import sys
 
-from cvae.commands import main
+from cvae.paper.commands import main
 
 sys.exit(main())

@@ -134,3 +134,10 @@ def negative_elbo(
     """KL(q || p) - (1/S) sum_s log p(y|x,z_s), z_s ~ q(z|x,y) (the KL in closed form for a Gaussian prior, on the
     same draws for a mixture): (N,) nats. progress: a bar on a terminal when N x S is large; False for none."""
     return -_reduce_samples(model, x, y, num_samples, "posterior", _elbo_term, "mean", generator, progress)
+
+
+def mean_and_sem(values: torch.Tensor) -> dict[str, float]:
+    """Mean and standard error of the mean of per-example values, std / sqrt(N) with the unbiased std."""
+    n = values.numel()
+    sem = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": values.mean().item(), "sem": sem}

@@ -9,8 +9,9 @@ predictions are computed once per example, since it is frozen.
 
 from __future__ import annotations
 
-import math
+import inspect
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,9 +19,9 @@ from torch import nn
 from . import checkpoints
 from .conditional_vae import ConditionalVAE
 from .inputs import check_data
-from .objectives import OBJECTIVES
 from .regressor import Regressor
-from .training import FitSettings, train_loop
+from .settings import NAMES, TrainingSettings
+from .training import train_loop
 
 
 @torch.no_grad()
@@ -30,26 +31,16 @@ def predictions(baseline: nn.Module, x: torch.Tensor, block: int = 4096) -> torc
     return torch.cat([baseline(part) for part in x.split(block)])
 
 
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
-    return value
-
-
-def _number(name: str, value: object, low: float, high: float, low_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or value > high or (low_open and value == low):
-        interval = f"{'(' if low_open else '['}{low}, {high}]"
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
-    return float(value)
-
-
 def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, torch.Tensor], *, epochs: int = 50, batch_size: int = 128, lr: float = 1e-3,
-        patience: int = 6, objective: str = "elbo", seed: int = 0, alpha: float = 0.5, iw_samples: int = 5,
-        kl_warmup: int = 10, lr_halving: int = 2, checkpoint_dir: str | Path | None = None,
-        progress: bool = True) -> list[dict]:
+        val: tuple[torch.Tensor, torch.Tensor], *, settings: TrainingSettings | None = None,
+        checkpoint_dir: str | Path | None = None, progress: bool = True, **options: Any) -> list[dict]:
     """Train ``model`` in place; return the per-epoch history [{"epoch", "train_loss", "val_loss", "seconds"}].
+
+    The training settings (``cvae.settings.TrainingSettings``, each a keyword argument here: epochs, patience,
+    batch_size, lr, seed, objective, alpha, iw_samples, lr_decay, kl_warmup, lr_halving, precision, sample_targets,
+    free_bits, aux_weight) are the ``anti_collapse`` set by default (patience 6, kl_warmup 10, lr_halving 2, the rest
+    the paper's); ``settings=TrainingSettings()`` starts from the paper's set-up instead, and keyword arguments
+    override either.
 
     train, val: (x, y) with x (N, x_dim) and y (N, y_dim), float tensors (moved to the model's device and dtype).
     objective: for a ConditionalVAE, "elbo" (eq. 4), "gsnn" (eq. 9), "hybrid" (eq. 10, weight ``alpha`` on the
@@ -75,6 +66,7 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
     """
     if not isinstance(model, (ConditionalVAE, Regressor)):
         raise ValueError(f"model must be a ConditionalVAE or a Regressor, got a {type(model).__name__}")
+    settings = _settings(model, settings, options)
     parameter = next(model.parameters())
     pairs = []
     for name, pair in (("train", train), ("val", val)):
@@ -85,16 +77,6 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
         check_data(model, *pair, names=(f"{name}[0] (x)", f"{name}[1] (y)"))
         pairs.append(tuple(pair))
     train, val = pairs
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
-    if not isinstance(model, ConditionalVAE) or objective == "gsnn":
-        kl_warmup = 0  # no KL term to warm up
-    settings = FitSettings(
-        epochs=_positive_int("epochs", epochs), patience=_positive_int("patience", patience),
-        batch_size=_positive_int("batch_size", batch_size), lr=_number("lr", lr, 0.0, math.inf, low_open=True),
-        seed=_positive_int("seed", seed, 0), objective=objective, alpha=_number("alpha", alpha, 0.0, 1.0),
-        iw_samples=_positive_int("iw_samples", iw_samples), kl_warmup=_positive_int("kl_warmup", kl_warmup, 0),
-        lr_halving=_positive_int("lr_halving", lr_halving, 0))
     # Flush denormal floats to zero: Adam's moments of the weights of rarely active inputs (e.g. pixels that are
     # almost always 0) decay into denormals after a few epochs, and denormal arithmetic made CPU epochs 2x slower.
     # Torch's OpenMP threads take the setting only if it is made before they start, so the commands also set it
@@ -110,3 +92,33 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
     if best_path is not None:
         model.load_state_dict(checkpoints.load(best_path, parameter.device)["state_dict"])
     return history
+
+
+def _settings(model: nn.Module, settings: TrainingSettings | None, options: dict[str, Any]) -> TrainingSettings:
+    """fit's settings: ``settings`` (by default the anti_collapse set) with the keyword arguments over it, checked
+    against the model: no KL term to warm up for a Regressor or the GSNN objective; the auxiliary loss needs an
+    autoregressive term, free bits a Gaussian prior."""
+    if settings is not None and not isinstance(settings, TrainingSettings):
+        raise ValueError(f"settings must be a cvae.settings.TrainingSettings, got a {type(settings).__name__}")
+    unknown = sorted(set(options) - set(NAMES))
+    if unknown:
+        raise ValueError(f"fit got an unknown argument {', '.join(map(repr, unknown))}; its training settings are "
+                         f"{', '.join(NAMES)} (cvae.settings.TrainingSettings)")
+    settings = (settings or TrainingSettings.named("anti_collapse")).replace(**options)
+    if not isinstance(model, ConditionalVAE) or settings.objective == "gsnn":
+        settings = settings.replace(kl_warmup=0)  # no KL term to warm up
+    if isinstance(model, ConditionalVAE):
+        if settings.aux_weight and model.autoregression is None:
+            raise ValueError("aux_weight needs a model with an autoregressive term (autoregression=...): without "
+                             "one the auxiliary loss is the reconstruction term itself")
+        if settings.free_bits and model.prior_components != 1:
+            raise ValueError(f"free_bits needs a Gaussian prior p(z|x) (prior_components=1), the model has "
+                             f"{model.prior_components} components")
+    return settings
+
+
+# help(fit) and editors show every training setting with fit's default
+fit.__signature__ = inspect.signature(fit).replace(parameters=[
+    *[p for p in inspect.signature(fit).parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD],
+    *[inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(TrainingSettings.named("anti_collapse"),
+                                                                              name)) for name in NAMES]])

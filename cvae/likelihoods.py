@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .choices import PIXEL_LIKELIHOODS  # noqa: F401 (the likelihoods for pixels in [0, 1], named here too)
 from .distributions import LOG_2PI, bernoulli_log_likelihood
 
 MIN_SCALE = 1e-4  # keeps every Gaussian scale strictly positive (the constant of the library's Gaussian heads)

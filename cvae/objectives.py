@@ -10,12 +10,10 @@ import math
 
 import torch
 
-from .choices import RUN_OBJECTIVES  # noqa: F401 (train's names of the objectives, named here too)
 from .conditional_vae import ConditionalVAE
 from .distributions import DiagonalGaussian, GaussianMixture, kl_divergence, kl_divergence_per_dimension
 from .regressor import Regressor
-
-OBJECTIVES = ("elbo", "gsnn", "hybrid", "iwae")
+from .settings import OBJECTIVES
 
 
 def elbo(
@@ -55,7 +53,7 @@ def latent_kl(posterior: DiagonalGaussian, prior: DiagonalGaussian | GaussianMix
 def check_elbo_remedies(objective: str, free_bits: float, aux_weight: float) -> None:
     """ValueError where free_bits or aux_weight (``remedied_elbo_loss``) is set for an objective other than the
     ELBO, which they change and which alone they apply to."""
-    if (free_bits or aux_weight) and objective not in ("elbo", "cvae"):
+    if (free_bits or aux_weight) and objective != "elbo":
         raise ValueError(f"free_bits and aux_weight change the ELBO objective, not {objective!r}")
 
 
@@ -175,14 +173,14 @@ def training_loss(
     aux_weight: float = 0.0,
 ) -> torch.Tensor:
     """The batch-mean loss a model is trained on, in nats per example: the baseline's -log p(y|x)
-    (exact); for the CVAE the negative of its objective ("elbo" (train.py's "cvae"), "gsnn", or "hybrid" with
+    (exact); for the CVAE the negative of its objective ("elbo", "gsnn", or "hybrid" with
     weight alpha on the ELBO, with one sample of z; "iwae": the importance-weighted bound with
     iw_samples samples of z), the KL terms scaled by kl_weight; free_bits and aux_weight change the ELBO's loss
     (``remedied_elbo_loss``) and no other objective's."""
     if not isinstance(model, ConditionalVAE):
         return -model.log_likelihood(x, y).mean()
     check_elbo_remedies(objective, free_bits, aux_weight)
-    if objective in ("elbo", "cvae"):
+    if objective == "elbo":
         if free_bits or aux_weight:
             return remedied_elbo_loss(model, x, y, generator, y_hat, kl_weight, free_bits, aux_weight)
         return -elbo(model, x, y, 1, generator, y_hat, kl_weight).mean()

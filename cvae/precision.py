@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .choices import PRECISIONS
+from .settings import PRECISIONS
 
 
 def cpu_info() -> tuple[str, set[str]]:

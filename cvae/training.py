@@ -36,13 +36,13 @@ from tqdm.auto import tqdm
 
 from . import checkpoints, distributed
 from .conditional_vae import ConditionalVAE
-from .objectives import check_elbo_remedies, training_loss
-from .precision import autocast
+from .objectives import training_loss
+from .precision import autocast, resolve
+from .settings import TrainingSettings
 
 CHECK_EVERY = 50  # steps between the (synchronizing) finiteness checks and progress-bar updates
 FUSED_ADAM_DEVICES = ("cpu", "cuda")  # one fused kernel per step instead of one per parameter
 NOISE_SEED_STRIDE = 1_000_003  # process r's noise generator starts from seed + r * stride (rank 0: the seed)
-PRECISIONS = ("fp32", "bf16")  # resolved precisions (cvae.precision.resolve)
 
 
 class TrainingInterrupted(Exception):
@@ -78,57 +78,21 @@ def stop_on_signals(stop: StopFlag) -> Iterator[StopFlag]:
                           signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
 
-@dataclass
-class FitSettings:
-    epochs: int = 50
-    patience: int = 3
-    batch_size: int = 128
-    lr: float = 1e-3
-    seed: int = 0
-    objective: str = "elbo"  # what a CVAE is trained on (objectives.training_loss); the baseline ignores it
-    alpha: float = 0.5
-    iw_samples: int = 5  # samples of z per example for the "iwae" objective
-    lr_decay: float = 1.0  # the learning rate of epoch e (from 0) is lr * lr_decay ** e
-    kl_warmup: int = 0  # epochs over which the KL weight rises linearly from 0 to 1 (0: always 1)
-    lr_halving: int = 0  # after warm-up, halve the learning rate after each run of this many epochs without a new
-    # best validation loss (0: never)
-    precision: str = "fp32"  # the loss's forward: "fp32", or "bf16" autocast for the networks (cvae.precision)
-    sample_targets: bool = False  # train on binary targets b ~ Bernoulli(y), drawn afresh for every batch
-    free_bits: float = 0.0  # nats per latent dimension (objectives.remedied_elbo_loss; 0: off)
-    aux_weight: float = 0.0  # weight of the auxiliary loss (objectives.remedied_elbo_loss; 0: off)
-
-    def __post_init__(self) -> None:
-        check_elbo_remedies(self.objective, self.free_bits, self.aux_weight)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (see cvae.precision.resolve), "
-                             f"got {self.precision!r}")
-
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *rest: torch.Tensor,
-             generator: torch.Generator, kl_weight: float = 1.0) -> torch.Tensor:
-        """``objectives.training_loss`` of a batch (x, y[, y_hat]) with these settings; with sample_targets, of
-        (x, b[, y_hat]) with b ~ Bernoulli(y) drawn from ``generator`` (``binarized``)."""
-        if self.sample_targets:
-            y = binarized(y, generator)
-        return training_loss(model, x, y, *rest, generator=generator, objective=self.objective, alpha=self.alpha,
-                             iw_samples=self.iw_samples, kl_weight=kl_weight, free_bits=self.free_bits,
-                             aux_weight=self.aux_weight)
-
-    def lr_at(self, epoch: int) -> float:
-        """The learning rate of an epoch (counted from 0): exponential decay, lr * lr_decay ** epoch."""
-        return self.lr * self.lr_decay ** epoch
-
-    def kl_weight_at(self, epoch: int, step: int, num_batches: int) -> float:
-        """The KL warm-up (Bowman et al. 2016): beta = min(1, t / (kl_warmup * num_batches)) at step t counted
-        from the start of training, a function of (epoch, step) alone, so a resumed run agrees."""
-        if self.kl_warmup == 0:
-            return 1.0
-        return min(1.0, (epoch * num_batches + step) / (self.kl_warmup * num_batches))
+def batch_loss(settings: TrainingSettings, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *rest: torch.Tensor,
+               generator: torch.Generator, kl_weight: float = 1.0) -> torch.Tensor:
+    """``objectives.training_loss`` of a batch (x, y[, y_hat]) with these settings; with sample_targets, of
+    (x, b[, y_hat]) with b ~ Bernoulli(y) drawn from ``generator`` (``binarized``)."""
+    if settings.sample_targets:
+        y = binarized(y, generator)
+    return training_loss(model, x, y, *rest, generator=generator, objective=settings.objective, alpha=settings.alpha,
+                         iw_samples=settings.iw_samples, kl_weight=kl_weight, free_bits=settings.free_bits,
+                         aux_weight=settings.aux_weight)
 
 
 def binarized(y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Dynamic binarization (Salakhutdinov & Murray 2008): b_i ~ Bernoulli(y_i), each gray level read as the
     probability that the pixel is on; b = [u < y] with u ~ U[0, 1). Trained on such draws, a model maximizes
-    E_b log p(b|x), the true likelihood of binarized outputs that the evaluation reports (cvae.true_likelihood).
+    E_b log p(b|x), the true likelihood of binarized outputs that the evaluation reports (cvae.paper.true_likelihood).
     The validation loss draws from a generator seeded afresh at each epoch, so it sees the same b every epoch."""
     return (torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype) < y).to(y.dtype)
 
@@ -160,7 +124,7 @@ def train_step(loss_fn: Callable[..., torch.Tensor], optimizer: torch.optim.Opti
 
     loss = weight * loss_fn(*batch, generator=generator, kl_weight=kl_weight), whose forward runs under
     ``precision``'s autocast (``cvae.precision``); zero_grad, backward and the optimizer's step run outside it.
-    loss_fn: ``FitSettings.loss`` bound to a model, or its DistributedDataParallel form
+    loss_fn: ``batch_loss`` bound to settings and a model, or its DistributedDataParallel form
     (``Processes.loss_function``); weight: this process's share of the global batch (``shard``).
     """
     with autocast(precision, batch[0].device):
@@ -207,15 +171,15 @@ class EarlyStopping:
 
 
 class _Loss(nn.Module):
-    """``settings.loss(model, ...)`` as one module's forward: the loss calls several methods of the model,
+    """``batch_loss(settings, model, ...)`` as one module's forward: the loss calls several methods of the model,
     and DistributedDataParallel all-reduces the gradients of what a forward through it has used."""
 
-    def __init__(self, model: nn.Module, settings: FitSettings) -> None:
+    def __init__(self, model: nn.Module, settings: TrainingSettings) -> None:
         super().__init__()
         self.model, self.settings = model, settings
 
     def forward(self, *batch: torch.Tensor, generator: torch.Generator, kl_weight: float = 1.0) -> torch.Tensor:
-        return self.settings.loss(self.model, *batch, generator=generator, kl_weight=kl_weight)
+        return batch_loss(self.settings, self.model, *batch, generator=generator, kl_weight=kl_weight)
 
 
 class Processes:
@@ -246,13 +210,13 @@ class Processes:
         """The sum of ``tensor`` over the processes."""
         return distributed.all_reduce_sum(tensor)
 
-    def loss_function(self, model: nn.Module, settings: FitSettings) -> Callable[..., torch.Tensor]:
-        """``settings.loss`` bound to ``model``; under torchrun behind DistributedDataParallel, which all-reduces the
-        gradients of the trainable parameters (not the CVAE's frozen baseline). The GSNN objective does not use
-        the recognition net, whose parameters DDP must then be told to expect no gradient for (they stay None,
-        as in one process)."""
+    def loss_function(self, model: nn.Module, settings: TrainingSettings) -> Callable[..., torch.Tensor]:
+        """``batch_loss`` bound to ``settings`` and ``model``; under torchrun behind DistributedDataParallel, which
+        all-reduces the gradients of the trainable parameters (not the CVAE's frozen baseline). The GSNN objective
+        does not use the recognition net, whose parameters DDP must then be told to expect no gradient for (they
+        stay None, as in one process)."""
         if self.world == 1:
-            return partial(settings.loss, model)
+            return partial(batch_loss, settings, model)
         device = next(model.parameters()).device
         return DistributedDataParallel(
             _Loss(model, settings), device_ids=[device.index] if device.type == "cuda" else None,
@@ -293,9 +257,9 @@ class Processes:
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], settings: FitSettings) -> float:
+def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], settings: TrainingSettings) -> float:
     """Mean training loss over a dataset (x, y[, y_hat]), in eval mode, with fixed noise, and with the forward
-    in ``settings.precision``.
+    in ``settings.precision`` (resolved for the device, ``cvae.precision.resolve``).
 
     Under torchrun each process takes a contiguous share of the examples and the sums are all-reduced, so
     every process gets the same value (and takes the same early-stopping decision).
@@ -304,12 +268,13 @@ def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], settings: 
     device, n = data[0].device, data[0].shape[0]
     processes = Processes()
     generator = processes.noise(device, settings.seed)
+    arithmetic = resolve(settings.precision, device)
     mine = processes.share(data)
     total = torch.zeros((), device=device)
     for start in range(0, mine[0].shape[0], settings.batch_size):
         batch = [t[start:start + settings.batch_size] for t in mine]
-        with autocast(settings.precision, device):
-            total += settings.loss(model, *batch, generator=generator) * batch[0].shape[0]
+        with autocast(arithmetic, device):
+            total += batch_loss(settings, model, *batch, generator=generator) * batch[0].shape[0]
     return processes.sum(total).item() / n
 
 
@@ -375,14 +340,14 @@ def train_loop(
     model: nn.Module,
     train: tuple[torch.Tensor, ...],
     val: tuple[torch.Tensor, ...],
-    settings: FitSettings,
+    settings: TrainingSettings,
     best_path: Path | None,
     state_path: Path | None,
     stop: StopFlag | None = None,
     progress: bool = True,
     desc: str = "",
 ) -> list[dict]:
-    """Train ``model`` on ``settings.loss`` (``objectives.training_loss``); return the per-epoch history.
+    """Train ``model`` on ``batch_loss`` (``objectives.training_loss``); return the per-epoch history.
 
     train, val: (x, y) tensors (N, x_dim), (N, y_dim) on the model's device, plus for a CVAE with a baseline
     the baseline's predictions y_hat (see ``objectives.training_loss``). The best weights (lowest validation
@@ -397,6 +362,7 @@ def train_loop(
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=settings.lr, fused=device.type in FUSED_ADAM_DEVICES)
     noise = processes.noise(device, settings.seed)
+    arithmetic = resolve(settings.precision, device)
     state = TrainingState(settings.seed, EarlyStopping(settings.patience, settings.kl_warmup, settings.lr_halving))
     if state_path is not None and state_path.exists():
         state.resume(state_path, model, optimizer, noise, processes)
@@ -425,7 +391,7 @@ def train_loop(
         for step in range(state.step, num_batches):
             batch, weight = processes.shard(order[step * settings.batch_size:(step + 1) * settings.batch_size])
             losses[step] = train_step(loss_fn, optimizer, [t[batch] for t in train], noise,
-                                      settings.kl_weight_at(epoch, step, num_batches), weight, settings.precision)
+                                      settings.kl_weight_at(epoch, step, num_batches), weight, arithmetic)
             if step + 1 - checked >= CHECK_EVERY or step + 1 == num_batches or processes.stop_now(stop):
                 # a check point: agree across processes, check finiteness, show progress, honour a stop request
                 losses[checked:step + 1], stopping = processes.agree(losses[checked:step + 1], stop)

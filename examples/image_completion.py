@@ -24,8 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from cvae import ConditionalVAE, Regressor, estimators, evaluation, fit, likelihoods  # noqa: E402
-from cvae.data import DATASETS, load_splits  # noqa: E402
+from cvae import ConditionalVAE, Regressor, estimators, fit, likelihoods  # noqa: E402
+from cvae.paper.data import DATASETS, load_splits  # noqa: E402
 
 HALF = 14 * 28  # pixels in the top (or bottom) 14 rows
 
@@ -36,8 +36,8 @@ def halves(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def mean_and_sem(values: torch.Tensor) -> str:
-    """"mean ± standard error" over examples (cvae.evaluation.mean_and_sem)."""
-    summary = evaluation.mean_and_sem(values.double())
+    """"mean ± standard error" over examples (cvae.estimators.mean_and_sem)."""
+    summary = estimators.mean_and_sem(values.double())
     return f"{summary['mean']:.2f} ± {summary['sem']:.2f}"
 
 

@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from cvae import ConditionalVAE, Regressor, estimators, evaluation, fit, likelihoods  # noqa: E402
+from cvae import ConditionalVAE, Regressor, estimators, fit, likelihoods  # noqa: E402
 
 BRANCHES = 4
 NOISE = 0.05
@@ -62,8 +62,8 @@ def share_on_branch(x: torch.Tensor, samples: torch.Tensor) -> float:
 
 
 def mean_and_sem(values: torch.Tensor) -> str:
-    """"mean ± standard error" over examples (cvae.evaluation.mean_and_sem)."""
-    summary = evaluation.mean_and_sem(values.double())
+    """"mean ± standard error" over examples (cvae.estimators.mean_and_sem)."""
+    summary = estimators.mean_and_sem(values.double())
     return f"{summary['mean']:.3f} ± {summary['sem']:.3f}"
 
 

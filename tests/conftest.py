@@ -2,7 +2,7 @@
 helpers to run them in-process and to snapshot a directory tree.
 
 The synthetic data set has just over the 10 000 validation images `load_splits` keeps aside, so the
-scripts run unchanged on it; `cvae.data.MNIST_MD5` is patched to its hashes and both network routes
+scripts run unchanged on it; `cvae.paper.data.MNIST_MD5` is patched to its hashes and both network routes
 fail, so no test fetches anything or depends on data provisioned by hand.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvae import data
+from cvae.paper import data
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_TEST = 10_000 + 256, 100  # load_splits keeps the last 10 000 training images for validation
@@ -67,7 +67,7 @@ def write_classifier(data_dir: Path, train: np.ndarray, train_labels: np.ndarray
                      test_labels: np.ndarray, num_images: int = 256) -> None:
     """A tiny classifier (1 epoch on the first num_images training images), cached in data_dir as digit_classifier
     caches its own, so that the tiny runs' evaluations classify their samples without training the real one."""
-    from cvae.classifier import accuracy, default_path, save_classifier, train_classifier
+    from cvae.paper.classifier import accuracy, default_path, save_classifier, train_classifier
 
     def tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(images.reshape(len(images), -1) / 255).float(), torch.from_numpy(labels).long()
@@ -131,16 +131,21 @@ def mnist_dir(mnist_files: tuple[Path, dict[str, str]], monkeypatch: pytest.Monk
 @functools.cache
 def load_script(name: str) -> ModuleType:
     """Import train.py or evaluate.py from the repository root as a module (when first asked, so that
-    this file imports nothing but cvae.data and breaks no other test if the scripts cannot be imported)."""
+    this file imports nothing but cvae.paper.data and breaks no other test if the scripts cannot be imported)."""
     spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def command_module(name: str) -> ModuleType:
+    """The module of a ``cvae-sohn`` command (cvae.paper.commands.NAME), with its main(argv)."""
+    return importlib.import_module(f"cvae.paper.commands.{name}")
+
+
 def invoke(main: Callable[..., int], argv: list[str], **kwargs: object) -> tuple[int, str]:
     """Run a script's main(argv) as its __main__ block does; return (exit status, stderr)."""
-    from cvae import cli
+    from cvae.paper import cli
 
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
@@ -179,7 +184,7 @@ def script_command(mnist_files: tuple[Path, dict[str, str]]) -> Callable[[str], 
     _, md5s = mnist_files
 
     def command(script: str) -> list[str]:
-        code = (f"import runpy, sys, torch; import cvae.data; cvae.data.MNIST_MD5 = {md5s!r}; "
+        code = (f"import runpy, sys, torch; import cvae.paper.data; cvae.paper.data.MNIST_MD5 = {md5s!r}; "
                 "torch.set_num_threads(1); "
                 f"sys.argv = sys.argv[1:]; runpy.run_path({str(ROOT / script)!r}, run_name='__main__')")
         return [sys.executable, "-c", code, script]

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import invoke, load_script
+from conftest import command_module, invoke
 
 from cvae import CVAE, BaselineNet, QuadrantTask, checkpoints
 from cvae.distributions import bernoulli_log_likelihood
-from cvae.models import build_model
+from cvae.paper.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +36,7 @@ def test_autoregressive_baseline_is_exact_and_sees_only_earlier_pixels():
 
 
 def test_the_control_script_trains_and_reports(mnist_dir: Path, tmp_path: Path):
-    script = load_script("autoregressive_baseline")
+    script = command_module("autoregressive_baseline")
     argv = ["--quadrants", "3", "--epochs", "2", "--data-dir", str(mnist_dir), "--device", "cpu", "--no-progress",
             "--out", str(tmp_path / "run")]
     status, err = invoke(script.main, argv)
@@ -51,7 +51,7 @@ def test_the_control_script_trains_and_reports(mnist_dir: Path, tmp_path: Path):
 
 def test_the_control_trains_on_binarized_targets_when_asked(mnist_dir: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch):
-    script, seen = load_script("autoregressive_baseline"), []
+    script, seen = command_module("autoregressive_baseline"), []
     real = script.train_loop
 
     def recording(model, train, val, settings, *rest, **more):

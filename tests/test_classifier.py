@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-from cvae import classifier
 from cvae.checkpoints import CheckpointError, save
-from cvae.classifier import (
+from cvae.paper import classifier
+from cvae.paper.classifier import (
     DigitClassifier,
     class_probabilities,
     classifier_and_record,
@@ -19,7 +19,7 @@ from cvae.classifier import (
     load_classifier,
     train_classifier,
 )
-from cvae.quadrants import QuadrantTask
+from cvae.paper.quadrants import QuadrantTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,7 +21,7 @@ import torch
 from conftest import ROOT, TINY, invoke, load_script, unchanged
 
 from cvae import checkpoints
-from cvae.models import CVAE, BaselineNet
+from cvae.paper.models import CVAE, BaselineNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 train_script, evaluate_script = load_script("train"), load_script("evaluate")

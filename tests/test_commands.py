@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, invoke, load_script
+from conftest import ROOT, TINY, command_module, invoke, load_script
 
-from cvae import cli, commands, experiment
-from cvae.config import RunConfig
-from cvae.experiment import fit_settings
+from cvae.paper import cli, commands, experiment
+from cvae.paper.config import RunConfig
+from cvae.paper.experiment import fit_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HEAVY = {"torch", "torchvision", "numpy", "scipy", "matplotlib"}
@@ -69,8 +69,8 @@ def test_import_leaves_denormals_alone_and_the_commands_flush_them(tmp_path: Pat
     assert proc.stdout.split() == ["True"], proc.stderr
     for command in ("train", "evaluate", "convergence"):  # set before the (missing) run directory is looked at
         argv = ["--resume", str(tmp_path)] if command == "train" else [str(tmp_path)]
-        code = (f"import torch; from cvae.commands import main; status = main([{command!r}, *{argv!r}, '--device', "
-                f"'cpu']); print(status, {denormal})")
+        code = (f"import torch; from cvae.paper.commands import main; "
+                f"status = main([{command!r}, *{argv!r}, '--device', 'cpu']); print(status, {denormal})")
         proc = python("-c", code)
         assert proc.stdout.split() == ["2", "False"], (command, proc.stdout, proc.stderr)
 
@@ -159,7 +159,7 @@ def test_the_evaluation_precision_is_recorded(mnist_dir: Path, tmp_path: Path, f
     assert status == 0, err
     assert json.loads((run / "results.json").read_text())["precision"] == "fp32"
     assert "precision" not in saved_config(run)  # a choice of each evaluation, not of the run
-    status, err = invoke(load_script("convergence").main, [str(run), "--precision", "fp32", "--device", "cpu",
+    status, err = invoke(command_module("convergence").main, [str(run), "--precision", "fp32", "--device", "cpu",
                                                            "--samples", "1", "2", "--test-subset", "20"])
     assert status == 0, err
     saved = json.loads((run / "convergence_q1.json").read_text())

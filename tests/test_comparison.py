@@ -5,8 +5,8 @@ import pytest
 import scipy.stats
 import torch
 
-from cvae.comparison import ablation_table, changes, paired_difference, paper_table
-from cvae.config import PRESETS, RunConfig
+from cvae.paper.comparison import ablation_table, changes, paired_difference, paper_table
+from cvae.paper.config import PRESETS, RunConfig
 
 
 def test_paired_difference_matches_scipys_t_interval_and_test():
@@ -44,7 +44,7 @@ def test_paper_table_reports_mean_and_standard_deviation_over_seeds():
 
 
 def test_a_gsnn_runs_table_leaves_out_the_rows_that_need_its_untrained_recognition_net():
-    from cvae.report import markdown_table
+    from cvae.paper.report import markdown_table
     gsnn = result("gsnn", 0, 100.0, 1e5)
     table = markdown_table(gsnn)
     assert "CVAE Monte Carlo" in table and "NN baseline" in table
@@ -94,14 +94,14 @@ def test_without_cvae_runs_the_nn_row_counts_each_seed_once():
 
 def with_samples(run: dict, best_of_k: float, units: int, k: int = 10) -> dict:
     """run with the true likelihood and the sample metrics of evaluate (every value best_of_k, but the counts)."""
-    from cvae.sample_evaluation import ACTIVE_UNITS, SAMPLE_KEYS, TRUE_KEYS
+    from cvae.paper.sample_evaluation import ACTIVE_UNITS, SAMPLE_KEYS, TRUE_KEYS
 
     run["1"] |= {key: {"mean": best_of_k, "sem": 0.5} for key in (*TRUE_KEYS, *SAMPLE_KEYS)} | {ACTIVE_UNITS: units}
     return run | {"sample_k": k, "binarizations": 1}
 
 
 def test_the_samples_table_over_seeds_and_families():
-    from cvae.comparison import samples_table
+    from cvae.paper.comparison import samples_table
     runs = [with_samples(result("cvae", 0, 100.0, 60.0), 50.0, 3),
             with_samples(result("cvae", 1, 101.0, 62.0), 54.0, 5),
             with_samples(result("gsnn", 0, 100.0, 70.0), 40.0, 1)]
@@ -121,7 +121,7 @@ def test_the_samples_table_over_seeds_and_families():
 
 
 def test_runs_whose_samples_were_judged_with_another_k_are_refused():
-    from cvae.comparison import ComparisonError, check_comparable
+    from cvae.paper.comparison import ComparisonError, check_comparable
     runs = [with_samples(result("cvae", 0, 100.0, 60.0), 50.0, 3), with_samples(result("cvae", 1, 101.0, 62.0),
                                                                                  54.0, 5, k=3)]
     with pytest.raises(ComparisonError, match="K is 10 in runs/cvae0 but 3 in runs/cvae1"):
@@ -131,7 +131,7 @@ def test_runs_whose_samples_were_judged_with_another_k_are_refused():
 
 
 def test_a_gsnn_runs_samples_table_leaves_out_its_latent_rows():
-    from cvae.report import markdown_table
+    from cvae.paper.report import markdown_table
     table = markdown_table(with_samples(result("gsnn", 0, 100.0, 1e5), 40.0, 1) | {"test_examples": 4})
     assert "| CVAE, best-of-10 squared error | 40.00 ± 0.50 |" in table and "NN, true CLL" in table
     assert "| CVAE, KL(q" not in table and "| CVAE, active units" not in table and "CVAE IS, true CLL" not in table

@@ -19,7 +19,8 @@ from cvae import training as training_module
 from cvae.distributions import kl_divergence
 from cvae.estimators import cll_importance, cll_monte_carlo, negative_elbo
 from cvae.objectives import training_loss
-from cvae.training import FitSettings, validation_loss
+from cvae.settings import TrainingSettings
+from cvae.training import validation_loss
 
 ESTIMATORS = (cll_importance, cll_monte_carlo, negative_elbo)
 
@@ -589,15 +590,15 @@ def test_bad_constructor_arguments_are_rejected(arguments, match):
 
 
 @pytest.mark.parametrize("arguments, match", [
-    (dict(epochs=0), "epochs must be an integer of at least 1, got 0"),
-    (dict(lr=-1), r"lr must be a number in \(0.0, inf\], got -1"),
-    (dict(lr=0.0), r"lr must be a number in \(0.0, inf\], got 0.0"),
-    (dict(lr=math.nan), "lr must be a number .* got nan"),
-    (dict(objective="foo"), "objective must be one of elbo, gsnn, hybrid, iwae; got 'foo'"),
+    (dict(epochs=0), "epochs must be an integer of at least 1 and at most 1000000, got 0"),
+    (dict(lr=-1), r"lr must be a positive finite number, e.g. 1e-3, got -1"),
+    (dict(lr=0.0), r"lr must be a positive finite number, e.g. 1e-3, got 0.0"),
+    (dict(lr=math.nan), "lr must be a positive finite number, e.g. 1e-3, got nan"),
+    (dict(objective="foo"), "objective must be one of 'elbo', 'gsnn', 'hybrid', 'iwae', got 'foo'"),
     (dict(batch_size=0), "batch_size must be an integer of at least 1, got 0"),
     (dict(patience=1.5), "patience must be an integer of at least 1, got 1.5"),
-    (dict(seed=-1), "seed must be an integer of at least 0, got -1"),
-    (dict(alpha=1.5), r"alpha must be a number in \[0.0, 1.0\], got 1.5"),
+    (dict(seed=-1), "seed must be an integer of at least 0 and at most 4294967295, got -1"),
+    (dict(alpha=1.5), r"alpha must be a number from 0 to 1, e.g. 0.5, got 1.5"),
     (dict(iw_samples=0), "iw_samples must be an integer of at least 1, got 0"),
     (dict(train=TRAIN[0]), "train must be a pair"),
     (dict(val=(VAL[0],)), "val must be a pair"),
@@ -697,7 +698,7 @@ def test_the_best_validation_loss_of_the_history_is_that_of_the_model_fit_return
     losses = [entry["val_loss"] for entry in history]
     recomputed = recomputed_validation_loss(model, objective, seed=0, batch_size=32)
     assert recomputed == min(losses), (recomputed, losses)
-    settings = FitSettings(batch_size=32, seed=0, objective=objective)
+    settings = TrainingSettings(batch_size=32, seed=0, objective=objective)
     assert validation_loss(model, VAL, settings) == min(losses)
 
 

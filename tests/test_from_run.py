@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cvae import CVAE, BaselineNet
-from cvae.cli import UserError
+from cvae.paper.cli import UserError
 
 
 def _same_weights(model: torch.nn.Module, checkpoint: Path) -> bool:

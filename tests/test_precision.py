@@ -8,10 +8,10 @@ import torch
 
 from cvae import fit, precision
 from cvae.conditional_vae import ConditionalVAE
-from cvae.data import load_splits
-from cvae.evaluation import per_image_cll
-from cvae.models import CVAE, BaselineNet
-from cvae.quadrants import QuadrantTask
+from cvae.paper.data import load_splits
+from cvae.paper.evaluation import per_image_cll
+from cvae.paper.models import CVAE, BaselineNet
+from cvae.paper.quadrants import QuadrantTask
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CPU = torch.device("cpu")

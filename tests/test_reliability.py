@@ -24,7 +24,8 @@ import torch
 from conftest import ROOT, TINY, invoke, load_script, offline, snapshot, unchanged, wait_for
 
 import cvae.training
-from cvae import checkpoints, cli, data, figures, report
+from cvae import checkpoints
+from cvae.paper import cli, data, figures, report
 from cvae.training import StopFlag
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,6 +1,6 @@
 """Faults in what is read and written (issue 14): data that must be the verified data, a real full disk,
 edited or foreign run files, memory bounded for any S, UTF-8 whatever the locale and result files replaced as
-one unit, paper_table.py's refusals, and the smaller ones (a checkpoint that is a directory, stale temporaries,
+one unit, cvae-sohn table's refusals, and the smaller ones (a checkpoint that is a directory, stale temporaries,
 an unreadable data directory)."""
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, invoke, load_script
+from conftest import ROOT, command_module, invoke
 
-from cvae import CVAE, BaselineNet, QuadrantTask, checkpoints, cli, comparison, data, estimators, report
-from cvae import config as run_config
-from cvae.config import PRESETS, RunConfig
+from cvae import CVAE, BaselineNet, QuadrantTask, checkpoints, estimators, settings
+from cvae.paper import cli, comparison, data, report
+from cvae.paper import config as run_config
+from cvae.paper.config import PRESETS, RunConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,7 +88,7 @@ def test_a_malformed_idx_file_is_refused_even_with_a_matching_md5(tmp_path, monk
 
 
 def test_importing_cvae_data_does_not_import_torchvision():
-    code = "import sys, cvae.data; print('torchvision' in sys.modules)"
+    code = "import sys, cvae.paper.data; print('torchvision' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "False"
 
@@ -189,15 +190,15 @@ def test_other_torch_errors_are_not_disguised(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- 4. edited or foreign run files
 BAD_VALUES = [
     ("quadrants", [4], "1, 2 or 3"), ("quadrants", "123", "list"), ("quadrants", [], "list"),
-    ("quadrants", [1, 1], "twice"), ("quadrants", [True], "1, 2 or 3"), ("epochs", 0, "from 1 to"),
-    ("epochs", 2.5, "from 1 to"), ("epochs", True, "from 1 to"), ("patience", None, "positive integer"),
-    ("batch_size", "128", "positive integer"), ("lr", -1, "positive"), ("lr", "0.001", "number"),
+    ("quadrants", [1, 1], "twice"), ("quadrants", [True], "1, 2 or 3"), ("epochs", 0, "at least 1"),
+    ("epochs", 2.5, "at least 1"), ("epochs", True, "at least 1"), ("patience", None, "integer of at least 1"),
+    ("batch_size", "128", "integer of at least 1"), ("lr", -1, "positive"), ("lr", "0.001", "number"),
     ("lr", float("nan"), "positive"), ("lr", float("inf"), "positive"), ("z_dim", 0, "positive integer"),
     ("hidden", [500, 0], "positive integers"), ("hidden", 500, "list"), ("hidden", [], "list"),
     ("autoregressive", 16, "true or false"), ("ar_window", 4, "odd"), ("ar_window", -1, "odd"),
-    ("ar_window", 57, "odd"), ("epochs", 10**7, "from 1 to"),
-    ("seed", -1, "integer from 0"), ("seed", 2**64, "integer from 0"), ("objective", "elbo", "cvae"),
-    ("alpha", 1.5, "from 0 to 1"), ("iw_samples", 0, "positive integer"), ("lr_decay", 0, "above 0"),
+    ("ar_window", 57, "odd"), ("epochs", 10**7, "at most 1000000"),
+    ("seed", -1, "integer of at least 0"), ("seed", 2**64, "at most 4294967295"), ("objective", "vae", "'elbo'"),
+    ("alpha", 1.5, "from 0 to 1"), ("iw_samples", 0, "integer of at least 1"), ("lr_decay", 0, "above 0"),
     ("lr_decay", 1.5, "above 0"), ("preset", "fast", "paper"), ("likelihood", "gaussian", "bernoulli"),
     ("dataset", "cifar10", "mnist"), ("binarize", "yes", "true or false"), ("data_dir", 5, "string"),
     ("data_dir", "", "string"), ("train_subset", 0, "positive integer"), ("num_samples", "100", "positive integer"),
@@ -224,9 +225,10 @@ def test_unknown_and_missing_keys_are_refused_but_old_runs_keep_their_defaults()
     first_version = {key: value for key, value in RunConfig().to_dict().items() if key not in legacy}
     assert RunConfig.from_dict(first_version) == RunConfig()  # a run of the first version: the paper's set-up
     assert set(legacy) == {"objective", "alpha", "iw_samples", "lr_decay", "preset", "autoregressive", "ar_window",
-                           "likelihood", "train_precision", "kl_warmup", "sample_targets", "free_bits", "aux_weight"}
+                           "likelihood", "train_precision", "kl_warmup", "lr_halving", "sample_targets", "free_bits",
+                           "aux_weight"}
     for preset, values in PRESETS.items():
-        config = RunConfig(**values, preset=preset, seed=run_config.MAX_SEED, train_subset=256, lr=1)
+        config = RunConfig(**values, preset=preset, seed=settings.MAX_SEED, train_subset=256, lr=1)
         assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert isinstance(RunConfig.from_dict(RunConfig().to_dict() | {"lr": 1}).lr, float)
 
@@ -240,7 +242,8 @@ def saved_run(path: Path, **changes: object) -> Path:
 @pytest.mark.parametrize(("content", "expected"), [
     (b"{\"config\": ", "not valid JSON"), (b"\xff\xfe{}", "UTF-8"), (b"[1, 2]", "an object"),
     (b"{\"config\": null}", '"config"'), (b"{\"seed\": 1}", '"config"'), (b"{\"config\": {\"lr\": 1}}", '"quadrants"'),
-    (json.dumps({"config": RunConfig().to_dict() | {"lr": "x"}}).encode(), '"lr" is \'x\', expected a number'),
+    (json.dumps({"config": RunConfig().to_dict() | {"lr": "x"}}).encode(),
+     '"lr" is \'x\', expected a positive finite number'),
 ])
 def test_a_corrupt_or_foreign_config_file_names_the_file_and_the_problem(tmp_path, content, expected):
     path = tmp_path / "config.json"
@@ -350,7 +353,7 @@ def results(num_samples: int = 2) -> dict:
 
 def test_results_are_written_in_utf8_under_an_ascii_locale(tmp_path):
     report.write_results(tmp_path, results())
-    code = ("import json, locale, sys; from pathlib import Path; from cvae import report; "
+    code = ("import json, locale, sys; from pathlib import Path; from cvae.paper import report; "
             "print(locale.getpreferredencoding(False)); "
             "report.write_results(Path(sys.argv[1]), json.loads(sys.argv[2]))")
     env = {key: value for key, value in os.environ.items()
@@ -387,13 +390,13 @@ def test_result_files_are_replaced_as_one_unit(tmp_path, monkeypatch):
     assert "S=7" in (tmp_path / "results.md").read_text(encoding="utf-8")
 
 
-# ----------------------------------------------------------------------------- 8. paper_table.py
-paper_script = load_script("paper_table")
+# ----------------------------------------------------------------------------- 8. cvae-sohn table
+paper_script = command_module("table")
 
 
 def fake_run(path: Path, seed: int = 0, objective: str = "cvae", config: dict | None = None,
              **fields: object) -> Path:
-    """A run directory with what paper_table.py reads: config.json, results.json and q1/per_image.pt."""
+    """A run directory with what cvae-sohn table reads: config.json, results.json and q1/per_image.pt."""
     path.mkdir(parents=True)
     config = RunConfig(seed=seed, objective=objective).to_dict() | (config or {})
     saved_run(path / "config.json", config=config)
@@ -528,8 +531,8 @@ def test_provisioning_removes_stale_temporaries_of_the_data(tmp_path, monkeypatc
 
 def test_seed_bound_keeps_every_derived_seed_in_the_generators_range():
     # training: seed * 10 + k + 5 (initial weights), seed * 1_000_003 + epoch (order), seed + rank * 1_000_003
-    assert run_config.MAX_SEED * 1_000_003 + 10**6 < 2**63 and math.isfinite(float(run_config.MAX_SEED))
-    torch.Generator().manual_seed(run_config.MAX_SEED * 1_000_003 + 10**6)
-    assert RunConfig.from_dict(RunConfig(seed=run_config.MAX_SEED).to_dict()).seed == run_config.MAX_SEED
+    assert settings.MAX_SEED * 1_000_003 + 10**6 < 2**63 and math.isfinite(float(settings.MAX_SEED))
+    torch.Generator().manual_seed(settings.MAX_SEED * 1_000_003 + 10**6)
+    assert RunConfig.from_dict(RunConfig(seed=settings.MAX_SEED).to_dict()).seed == settings.MAX_SEED
     with pytest.raises(ValueError, match='"seed"'):
-        RunConfig.from_dict(RunConfig(seed=run_config.MAX_SEED + 1).to_dict())
+        RunConfig.from_dict(RunConfig(seed=settings.MAX_SEED + 1).to_dict())

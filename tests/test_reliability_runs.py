@@ -19,17 +19,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, invoke, load_script, snapshot, unchanged, wait_for
+from conftest import ROOT, TINY, command_module, invoke, load_script, snapshot, unchanged, wait_for
 
-import cvae.experiment
+import cvae.paper.experiment
 import cvae.training
-from cvae import cli
-from cvae.config import RunConfig
-from cvae.models import CVAE, BaselineNet
+from cvae.paper import cli
+from cvae.paper.config import RunConfig
+from cvae.paper.models import CVAE, BaselineNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 train_script, evaluate_script = load_script("train"), load_script("evaluate")
-convergence_script, control_script = load_script("convergence"), load_script("autoregressive_baseline")
+convergence_script, control_script = command_module("convergence"), command_module("autoregressive_baseline")
 RUN = [*TINY, "--epochs", "1", "--patience", "5", "--quadrants", "2"]
 EVALUATE = ["--device", "cpu", "--no-progress"]
 LOCK = ".cvae.lock"
@@ -82,7 +82,7 @@ def test_two_jobs_on_one_run_directory(mnist_dir: Path, tmp_path: Path, script_c
 
 
 def test_every_script_refuses_a_run_directory_in_use(mnist_dir: Path, tmp_path: Path, finished_run: Path) -> None:
-    from cvae import run_lock
+    from cvae.paper import run_lock
 
     run = copy_run(finished_run, tmp_path)
     data = ["--data-dir", str(mnist_dir)]
@@ -111,7 +111,7 @@ def test_the_lock_of_a_killed_job_is_free(mnist_dir: Path, tmp_path: Path, finis
     """kill -9 cannot release anything itself: the kernel drops the flock with the process, and the lock file
     it leaves behind is not "another file" in a fresh directory."""
     run = copy_run(finished_run, tmp_path)
-    code = ("import sys, time; from pathlib import Path; from cvae import run_lock\n"
+    code = ("import sys, time; from pathlib import Path; from cvae.paper import run_lock\n"
             "with run_lock.hold(Path(sys.argv[1]), command='holder'):\n"
             "    print('held', flush=True); time.sleep(600)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -140,7 +140,7 @@ def test_the_lock_of_a_killed_job_is_free(mnist_dir: Path, tmp_path: Path, finis
 def test_torchrun_job_on_a_directory_in_use_stops_every_process(mnist_dir: Path, tmp_path: Path,
                                                                   finished_run: Path, script_command) -> None:
     """Only rank 0 takes the lock; the processes agree on its answer, so the other one stops too (no hang)."""
-    from cvae import run_lock
+    from cvae.paper import run_lock
 
     run = copy_run(finished_run, tmp_path)
     with socket_port() as port:
@@ -213,7 +213,7 @@ def test_the_memory_estimate_counts_the_parameters(k: int, autoregressive: bool)
     config = RunConfig(quadrants=[k], hidden=[16, 8], z_dim=4, autoregressive=autoregressive, ar_window=5)
     baseline = BaselineNet(k, config.hidden)
     model = CVAE(baseline, config.z_dim, config.hidden, autoregressive, 5)
-    counts = cvae.experiment.parameter_counts(config, k)
+    counts = cvae.paper.experiment.parameter_counts(config, k)
     assert counts == (sum(p.numel() for p in baseline.parameters()),
                       sum(p.numel() for p in model.parameters() if p.requires_grad))
 
@@ -252,7 +252,7 @@ def test_a_failed_allocation_in_evaluation_says_what_to_lower(mnist_dir: Path, t
     def no_memory(*_: object, **__: object) -> None:
         raise MemoryError
 
-    monkeypatch.setattr(cvae.experiment, "sharded_per_image_cll", no_memory)
+    monkeypatch.setattr(cvae.paper.experiment, "sharded_per_image_cll", no_memory)
     with unchanged(run):
         status, err = invoke(evaluate_script.main, [str(run), *EVALUATE, "--data-dir", str(mnist_dir)])
     assert status == cli.EXIT_FAILED, err
@@ -276,11 +276,12 @@ def test_a_run_with_checkpoints_is_still_protected(tmp_path: Path, mnist_dir: Pa
 def slow_evaluation_command(mnist_files: tuple[Path, dict[str, str]], script: str, mark: Path) -> list[str]:
     """script_command's, with the evaluation made to wait (after touching mark) until a signal comes."""
     _, md5s = mnist_files
-    code = (f"import runpy, sys, time, torch; import cvae.data, cvae.experiment; cvae.data.MNIST_MD5 = {md5s!r}\n"
+    code = (f"import runpy, sys, time, torch; import cvae.paper.data, cvae.paper.experiment\n"
+            f"cvae.paper.data.MNIST_MD5 = {md5s!r}\n"
             "torch.set_num_threads(1)\n"
             "def slow(*args, **kwargs):\n"
             f"    open({str(mark)!r}, 'w').close(); time.sleep(600)\n"
-            "cvae.experiment.sharded_per_image_cll = slow\n"
+            "cvae.paper.experiment.sharded_per_image_cll = slow\n"
             f"sys.argv = sys.argv[1:]; runpy.run_path({str(ROOT / script)!r}, run_name='__main__')\n")
     return [sys.executable, "-c", code, script]
 

@@ -9,7 +9,8 @@ import torch
 from cvae import CVAE, BaselineNet, QuadrantTask
 from cvae.distributions import kl_divergence_per_dimension
 from cvae.objectives import elbo, remedied_elbo_loss, training_loss
-from cvae.training import FitSettings, binarized, validation_loss
+from cvae.settings import TrainingSettings
+from cvae.training import batch_loss, binarized, validation_loss
 
 Z_DIM = 4
 
@@ -77,7 +78,7 @@ def test_remedies_are_refused_for_other_objectives():
     with pytest.raises(ValueError, match="change the ELBO objective"):
         training_loss(cvae, x, y, generator=gen(), objective="iwae", free_bits=0.1)
     with pytest.raises(ValueError, match="change the ELBO objective"):
-        FitSettings(objective="gsnn", aux_weight=1.0)
+        TrainingSettings(objective="gsnn", aux_weight=1.0)
 
 
 def test_binarized_targets_are_bernoulli_draws_of_the_gray_levels():
@@ -91,9 +92,9 @@ def test_binarized_targets_are_bernoulli_draws_of_the_gray_levels():
 
 def test_sample_targets_trains_on_draws_from_the_noise_generator_and_validates_on_one_fixed_draw():
     cvae, (x, y) = model(0.3), data()
-    settings = FitSettings(sample_targets=True, seed=5)
+    settings = TrainingSettings(sample_targets=True, seed=5)
     noise = gen()
-    loss = settings.loss(cvae, x, y, generator=noise)
+    loss = batch_loss(settings, cvae, x, y, generator=noise)
     replay = gen()
     b = binarized(y, replay)
     torch.testing.assert_close(loss, training_loss(cvae, x, b, generator=replay))

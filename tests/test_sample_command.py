@@ -18,9 +18,9 @@ import torch
 from conftest import ROOT, unchanged
 from PIL import Image
 
-from cvae import cli, figures
-from cvae.commands import sample
-from cvae.quadrants import QuadrantTask
+from cvae.paper import cli, figures
+from cvae.paper.commands import sample
+from cvae.paper.quadrants import QuadrantTask
 
 GRAY = figures.MISSING_SHADE
 
@@ -171,7 +171,7 @@ def test_bad_input_exits_2_naming_the_problem_and_writes_nothing(workspace: Path
 
 
 def test_the_module_runs_as_a_program_and_exits_2_on_bad_input(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "cvae.commands.sample", str(tmp_path / "run"), "--image",
+    proc = subprocess.run([sys.executable, "-m", "cvae.paper.commands.sample", str(tmp_path / "run"), "--image",
                            str(tmp_path / "digit.png"), "--quadrants", "2"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, invoke, load_script
+from conftest import TINY, command_module, invoke, load_script
 
-from cvae.experiment import task_data
-from cvae.models import BaselineNet
-from cvae.quadrants import QuadrantTask
-from cvae.sample_evaluation import ACTIVE_UNITS, SAMPLE_KEYS, TRUE_KEYS
+from cvae.paper.experiment import task_data
+from cvae.paper.models import BaselineNet
+from cvae.paper.quadrants import QuadrantTask
+from cvae.paper.sample_evaluation import ACTIVE_UNITS, SAMPLE_KEYS, TRUE_KEYS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 train_script, evaluate_script = load_script("train"), load_script("evaluate")
@@ -66,7 +66,7 @@ def test_every_run_is_judged_by_its_samples_and_by_the_true_likelihood(mnist_dir
 
     # the NN's best-of-K error is its prediction's squared error, summed over the output pixels (to bf16's
     # tolerance: train's evaluation ran with --precision auto)
-    from cvae.data import load_splits
+    from cvae.paper.data import load_splits
     task = QuadrantTask(2)
     x, y = task_data(load_splits(mnist_dir).test, task, False, torch.device("cpu"))
     with torch.no_grad():
@@ -141,7 +141,7 @@ def test_paper_table_shows_them_beside_runs_evaluated_before_they_existed(mnist_
     (run / "config.json").write_text(json.dumps(saved))
     status, err = invoke(evaluate_script.main, [str(run), *EVALUATE, "--sample-k", "3"])
     assert status == 0, err
-    status, err = invoke(load_script("paper_table").main, [str(finished_run), str(run)])
+    status, err = invoke(command_module("table").main, [str(finished_run), str(run)])
     assert status == 2 and "K is 10" in err and "but 3" in err and "--sample-k K" in err, err
 
     old = results(run)  # as evaluate wrote it before these existed
@@ -151,7 +151,7 @@ def test_paper_table_shows_them_beside_runs_evaluated_before_they_existed(mnist_
         old[k] = {key: value for key, value in old[k].items() if key not in (*TRUE_KEYS, *SAMPLE_KEYS, ACTIVE_UNITS)}
     (run / "results.json").write_text(json.dumps(old))
     table = run / "table.md"
-    status, err = invoke(load_script("paper_table").main, [str(finished_run), str(run), "--out", str(table)])
+    status, err = invoke(command_module("table").main, [str(finished_run), str(run), "--out", str(table)])
     assert status == 0, err
     text = table.read_text()
     assert "| NN, true CLL of binarized outputs (exact) | — | — |" in text

@@ -11,7 +11,7 @@ import torch
 from cvae.conditional_vae import ConditionalVAE
 from cvae.distributions import DiagonalGaussian, GaussianMixture, kl_divergence
 from cvae.likelihoods import Bernoulli
-from cvae.sample_metrics import active_units, best_of_k_error, classifier_scores, latent_kl, latent_statistics
+from cvae.paper.sample_metrics import active_units, best_of_k_error, classifier_scores, latent_kl, latent_statistics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,12 +10,13 @@ import torch
 
 from cvae import ConditionalVAE, fit
 from cvae.checkpoints import CheckpointError
+from cvae.settings import TrainingSettings
 from cvae.training import (
     EarlyStopping,
-    FitSettings,
     Processes,
     StopFlag,
     TrainingState,
+    batch_loss,
     train_loop,
     train_step,
     validation_loss,
@@ -48,13 +49,14 @@ def noise(seed: int = 0) -> torch.Generator:
 def test_train_step_is_one_optimizer_step_on_the_weighted_loss_and_returns_it_detached():
     """Two steps of train_step and two written out (zero_grad, backward, step) give the same losses and weights;
     with SGD the weight scales the step, and a missing zero_grad would add the first step's gradient."""
-    settings = FitSettings(objective="elbo")
+    settings = TrainingSettings(objective="elbo")
     stepped, by_hand = small_model(), small_model()
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (stepped, by_hand)]
     generators = [noise(), noise()]
     for kl_weight, weight in ((0.3, 0.5), (1.0, 2.0)):
-        loss = train_step(partial(settings.loss, stepped), optimizers[0], TRAIN, generators[0], kl_weight, weight)
-        expected = settings.loss(by_hand, *TRAIN, generator=generators[1], kl_weight=kl_weight) * weight
+        step_loss = partial(batch_loss, settings, stepped)
+        loss = train_step(step_loss, optimizers[0], TRAIN, generators[0], kl_weight, weight)
+        expected = batch_loss(settings, by_hand, *TRAIN, generator=generators[1], kl_weight=kl_weight) * weight
         optimizers[1].zero_grad()
         expected.backward()
         optimizers[1].step()
@@ -91,8 +93,9 @@ def test_epochs_within_the_kl_warm_up_always_improve():
 def trained_state(model: ConditionalVAE) -> tuple[torch.optim.Optimizer, torch.Generator, TrainingState]:
     """An optimizer with moments, a noise generator that has drawn, and a state in mid-epoch."""
     optimizer, generator = torch.optim.Adam(model.parameters(), lr=0.01), noise()
-    settings = FitSettings()
-    losses = torch.stack([train_step(partial(settings.loss, model), optimizer, TRAIN, generator) for _ in range(3)])
+    settings = TrainingSettings()
+    step_loss = partial(batch_loss, settings, model)
+    losses = torch.stack([train_step(step_loss, optimizer, TRAIN, generator) for _ in range(3)])
     state = TrainingState(seed=7, early_stopping=EarlyStopping(3, best_val=1.5, bad_epochs=1, lr_scale=0.5),
                           epoch=2, step=3, partial_losses=losses, history=[{"epoch": 1, "val_loss": 1.5}])
     return optimizer, generator, state
@@ -115,9 +118,9 @@ def test_a_saved_training_state_resumes_the_model_optimizer_noise_and_position(t
     assert torch.equal(resumed.partial_losses, state.partial_losses)
     assert resumed.early_stopping == state.early_stopping
     assert torch.equal(torch.rand(4, generator=other_generator), torch.rand(4, generator=generator))
-    settings = FitSettings()  # the next step is the same: weights and Adam's moments were restored
+    settings = TrainingSettings()  # the next step is the same: weights and Adam's moments were restored
     for m, opt, gen in ((model, optimizer, generator), (other, other_optimizer, other_generator)):
-        train_step(partial(settings.loss, m), opt, TRAIN, gen)
+        train_step(partial(batch_loss, settings, m), opt, TRAIN, gen)
     for a, b in zip(model.parameters(), other.parameters()):
         assert torch.equal(a, b)
 
@@ -158,7 +161,7 @@ def test_a_state_that_does_not_fit_is_refused_with_what_to_do(tmp_path, keys, hi
 
 # ------------------------------------------------------------------------------------------------ Processes
 def test_in_one_process_processes_change_nothing():
-    processes, settings, model = Processes(), FitSettings(), small_model()
+    processes, settings, model = Processes(), TrainingSettings(), small_model()
     batch = torch.arange(10)
     part, weight = processes.shard(batch)
     assert torch.equal(part, batch) and weight == 1.0 and processes.is_main
@@ -168,7 +171,7 @@ def test_in_one_process_processes_change_nothing():
     assert processes.agree(losses, stop) == (losses, False)
     assert processes.noise_states(noise()) is None
     assert torch.equal(processes.loss_function(model, settings)(*TRAIN, generator=noise()),
-                       settings.loss(model, *TRAIN, generator=noise()))
+                       batch_loss(settings, model, *TRAIN, generator=noise()))
     assert not processes.stop_now(stop)
     stop()
     assert processes.stop_now(stop) and processes.agree(losses, stop)[1]
@@ -177,7 +180,7 @@ def test_in_one_process_processes_change_nothing():
 # ------------------------------------------------------------------------------------------------ bf16
 def trained(precision: str) -> tuple[ConditionalVAE, list[dict]]:
     model = small_model()
-    settings = FitSettings(epochs=2, batch_size=32, lr=0.01, precision=precision)
+    settings = TrainingSettings(epochs=2, batch_size=32, lr=0.01, precision=precision)
     return model, train_loop(model, TRAIN, VAL, settings, None, None, progress=False)
 
 
@@ -189,13 +192,14 @@ def test_training_in_bf16_keeps_float32_weights_and_comes_close_to_fp32():
         for key in ("train_loss", "val_loss"):
             assert a[key] != b[key] and b[key] == pytest.approx(a[key], rel=0.05), (key, a, b)
     assert not all(torch.equal(a, b) for a, b in zip(fp32_model.parameters(), bf16_model.parameters()))
-    fp32_val, bf16_val = (validation_loss(fp32_model, VAL, FitSettings(precision=p)) for p in ("fp32", "bf16"))
+    fp32_val, bf16_val = (validation_loss(fp32_model, VAL, TrainingSettings(precision=p)) for p in ("fp32", "bf16"))
     assert fp32_val != bf16_val and bf16_val == pytest.approx(fp32_val, rel=0.05)
 
 
-def test_fit_settings_take_a_resolved_precision_only():
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
-        FitSettings(precision="auto")
+def test_training_settings_take_auto_and_refuse_an_unknown_precision():
+    assert TrainingSettings(precision="auto").precision == "auto"  # resolved for the device by the loop
+    with pytest.raises(ValueError, match="precision must be one of 'auto', 'fp32', 'bf16', got 'half'"):
+        TrainingSettings(precision="half")
 
 
 # ------------------------------------------------------------------------------------------------ denormals

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from cvae.conditional_vae import ConditionalVAE
-from cvae.evaluation import BLOCK, mean_and_sem
 from cvae.likelihoods import Bernoulli
+from cvae.paper.evaluation import BLOCK, mean_and_sem
+from cvae.paper.true_likelihood import binarizations, cvae_expected_nll, nn_expected_nll
 from cvae.regressor import Regressor
-from cvae.true_likelihood import binarizations, cvae_expected_nll, nn_expected_nll
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     """evaluate's command line (argv without the program name). Returns the exit status."""
     args = parse_args(argv)
     cli.start_torch()
-    from .. import distributed, run_lock
+    from cvae import distributed
+
+    from .. import run_lock
 
     device = distributed.init_from_env(cli.resolve_device(args.device))  # a no-op without torchrun
     run_dir = Path(args.run_dir)
@@ -54,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(args: argparse.Namespace, device: torch.device, run_dir: Path) -> int:
     """Evaluate the run in run_dir; the caller holds its lock."""
-    from .. import distributed, precision
+    from cvae import distributed, precision
+
     from ..config import RunConfig
     from ..data import load_splits
-    from ..experiment import evaluate_run, read_run, remove_stale_temporaries
+    from ..experiment import evaluate_run, remove_stale_temporaries
+    from ..runs import read_run
 
     saved = read_run(run_dir)
     remove_stale_temporaries(run_dir)

@@ -1,14 +1,12 @@
 """The values a run's options may take: the names to choose from and the numeric limits.
 
-Torch-free, so that the command-line parsers (``cvae.cli``, ``cvae.config``) import them without torch; the
-modules that use them (``cvae.data``, ``cvae.likelihoods``, ``cvae.objectives``, ``cvae.precision``,
-``cvae.quadrants``) take them from here.
+Torch-free, so that the command-line parsers (``cvae.paper.cli``, ``cvae.paper.config``) import them without torch.
 """
+
+from cvae.settings import PRECISIONS  # noqa: F401 (the networks' matrix products: --precision, --train-precision)
 
 DATASETS = ("mnist", "fashion-mnist")
 PIXEL_LIKELIHOODS = ("bernoulli", "continuous-bernoulli")  # the likelihoods for pixels in [0, 1] (train --likelihood)
-RUN_OBJECTIVES = ("cvae", "gsnn", "hybrid", "iwae")  # train --objective's names, where "cvae" is the ELBO
-PRECISIONS = ("auto", "fp32", "bf16")  # the networks' matrix products: --precision, --train-precision
 
 IMAGE_SIDE = 28  # the images' side in pixels (MNIST, Fashion-MNIST)
 # The largest seed: every seed derived from it (seed * 10 + k + 5 for the initial weights, seed * 1_000_003 + epoch

@@ -8,7 +8,7 @@ package ``dataset-fashion-mnist``). `load_splits` returns the train / validation
 here from the very bytes whose MD5 it checked (torchvision's dataset classes are not used: they load a
 ``processed/*.pt`` cache instead of the raw files when one exists).
 
-Command line: ``python -m cvae.data [--data-dir data] [--dataset mnist|fashion-mnist]``.
+Command line: ``python -m cvae.paper.data [--data-dir data] [--dataset mnist|fashion-mnist]``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import atomic_path, remove_stale_temporaries
+from cvae.checkpoints import atomic_path, remove_stale_temporaries
+
 from .choices import DATASETS
 
 MNIST_MD5 = {
@@ -113,7 +114,7 @@ def _tampered(path: Path, got: str, want: str, dataset: str) -> DataError:
     raw = path.parent
     return DataError(
         f"{path} has MD5 {got}, expected {want} (the canonical {dataset} file): it is "
-        f"truncated or altered. Delete it and run `python -m cvae.data --data-dir "
+        f"truncated or altered. Delete it and run `python -m cvae.paper.data --data-dir "
         f"{raw.parent.parent} --dataset {dataset}` again to fetch it afresh."
     )
 
@@ -152,7 +153,7 @@ def _write_verified(path: Path, data: bytes, want_md5: str) -> None:
 def _torchvision_download(data_dir: Path, dataset: str) -> None:
     """torchvision's own download into <data_dir>/<MNIST|FashionMNIST>/raw/; raises on failure. Only the
     download is torchvision's: the files are read by `load_splits` after their MD5 check."""
-    import torchvision  # here only: importing cvae.data does not need it
+    import torchvision  # here only: importing cvae.paper.data does not need it
 
     cls = getattr(torchvision.datasets, _TV_CLASS[dataset])
     cls(root=str(data_dir), train=False, download=True)  # fetches all four files
@@ -299,7 +300,7 @@ def _parse_idx(blob: bytes, path: Path, ndim: int) -> np.ndarray:
     def refuse(problem: str) -> DataError:
         return DataError(f"{path} is not the IDX file expected ({problem}), although its MD5 is the one "
                          "expected: the MD5 table was edited. Restore cvae/data.py's table, delete the file and "
-                         "fetch it afresh with `python -m cvae.data`.")
+                         "fetch it afresh with `python -m cvae.paper.data`.")
 
     header = 4 + 4 * ndim
     if len(blob) < header:
@@ -339,7 +340,8 @@ def _read_split(raw: Path, dataset: str, split: str) -> tuple[torch.Tensor, torc
         raise DataError(f"{raw / labels_name} holds {len(labels)} labels (largest {largest}) "
                         f"for the {len(images)} images of {raw / images_name}, expected one label from 0 to 9 per "
                         "image (not the IDX file expected, although its MD5 is the one expected: the MD5 table was "
-                        "edited). Restore cvae/data.py's table and fetch the files afresh with `python -m cvae.data`.")
+                        "edited). Restore cvae/paper/data.py's table and fetch the files afresh with "
+                        "`python -m cvae.paper.data`.")
     return images, labels.to(torch.int64)
 
 
@@ -364,7 +366,7 @@ def load_splits(data_dir: str | Path, dataset: str = "mnist", num_val: int = 10_
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: provision the data set and print its raw directory; exit 2 on DataError."""
-    parser = argparse.ArgumentParser(prog="python -m cvae.data", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m cvae.paper.data", description=main.__doc__)
     parser.add_argument("--data-dir", default="data", help="root directory (default: data)")
     parser.add_argument("--dataset", choices=DATASETS, default="mnist")
     args = parser.parse_args(argv)

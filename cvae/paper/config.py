@@ -1,12 +1,13 @@
 """The run configuration: every option of a run, declared once, with the paper's defaults.
 
-Each field of ``RunConfig`` is declared with ``option(...)``: its default, its section (model, training, evaluation
-or data), its help, how train's command line parses it and how a saved value is checked. From that one declaration
-come train's parser (``add_run_options``), the checks of a saved configuration (``RunConfig.from_dict``: config.json
-is read back by evaluate, --resume, --config, convergence and table, and may have been edited), ``to_dict`` and the
-training loop's settings (the training section's options are ``cvae.training.FitSettings``'s fields of the same
-names, but for train_precision, FitSettings.precision once resolved for the device). Adding an option is one
-``option(...)`` line, and code that uses it.
+The experiment's own options (``ExperimentOptions``: the task, the model, the data, the evaluation) are declared here
+with ``option(...)``: default, section, help, how train's command line parses it and how a saved value is checked.
+The training options are the library's training settings (``cvae.settings.TrainingSettings``, declared there once),
+taken whole as the training section. From these declarations come train's parser (``add_run_options``), the checks
+of a saved configuration (``RunConfig.from_dict``: config.json is read back by evaluate, --resume, --config,
+convergence and table, and may have been edited), ``to_dict`` and the settings the training loop gets
+(``training_settings``). Adding an experiment option is one ``option(...)`` line, a training option its
+``setting(...)`` line in cvae.settings, each with the code that uses it.
 
 Torch-free, so that train --help starts without torch.
 """
@@ -17,14 +18,18 @@ import argparse
 import dataclasses
 import math
 import platform
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cvae import settings
+from cvae.settings import TrainingSettings
+
 from . import cli
-from .choices import DATASETS, MAX_AR_WINDOW, MAX_EPOCHS, MAX_SEED, PIXEL_LIKELIHOODS, PRECISIONS, RUN_OBJECTIVES
+from .choices import DATASETS, MAX_AR_WINDOW, PIXEL_LIKELIHOODS
 
 SECTIONS = ("model", "training", "evaluation", "data")
 _REQUIRED = object()  # Option.legacy of the options every saved configuration has
@@ -41,7 +46,7 @@ class Option:
     """How one run option is given on train's command line and checked in a saved configuration (the field's name
     and default are the option's; ``option`` declares both)."""
 
-    section: str  # one of SECTIONS; the "training" options are the FitSettings fields of the same names
+    section: str  # one of SECTIONS; the "training" options are the library's training settings
     help: str
     check: Callable[[object], str | None]  # a saved value -> None, or what was expected instead
     parse: Callable[[str], Any] | None = None  # a command-line value -> the option's (None: a flag, or choices)
@@ -121,24 +126,13 @@ def _subset(value: object) -> str | None:
 
 
 @dataclass
-class RunConfig:
-    """Every option of a run. The defaults reproduce the paper / Pyro tutorial set-up: MLPs 500-500, z of 200,
-    Adam 1e-3, batch 128, at most 50 epochs with early stopping (patience 3) on the validation loss."""
+class ExperimentOptions:
+    """The options of a run that are the experiment's own (the task, the model, the data, the evaluation); RunConfig
+    adds the library's training settings to them. The defaults reproduce the paper / Pyro tutorial set-up: MLPs
+    500-500, z of 200."""
 
     quadrants: list[int] = option(
         [1, 2, 3], "data", "input quadrant settings to run", _quadrants, parse=cli.quadrants, many=True, metavar="K")
-    epochs: int = option(
-        50, "training", "at most this many epochs", _integer(1, MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS}"),
-        parse=cli.epochs)
-    patience: int = option(
-        3, "training", "epochs without improvement of the validation loss before stopping", _integer(1),
-        parse=cli.positive_int("--patience"))
-    batch_size: int = option(
-        128, "training", "images per step (under torchrun: the global batch, shared by the processes)",
-        _integer(1), parse=cli.positive_int("--batch-size"))
-    lr: float = option(
-        1e-3, "training", "Adam's learning rate", _real(lambda v: 0 < v < math.inf, "that is positive and finite, "
-                                                         "e.g. 0.001"), parse=cli.positive_float("--lr"))
     z_dim: int = option(
         200, "model", "dimension of the latent variable z", _integer(1), parse=cli.positive_int("--z-dim"))
     hidden: list[int] = option(
@@ -149,43 +143,6 @@ class RunConfig:
     ar_window: int = option(
         0, "model", "with --autoregressive: only the earlier pixels in a square of this odd width around each "
         "pixel (0: every earlier pixel)", _window, parse=cli.odd_window("--ar-window"), legacy=0)
-    seed: int = option(
-        0, "training", "of the initial weights, the data order and the noise", _integer(0, MAX_SEED, "an integer "
-                                                                                         f"from 0 to {MAX_SEED}"),
-        parse=cli.seed)
-    objective: str = option(
-        "cvae", "training", "the CVAE's training objective: cvae (the ELBO, eq. 4), gsnn (eq. 9), hybrid (eq. 10) or "
-        "iwae (the importance-weighted bound, Burda et al. 2016)", choices=RUN_OBJECTIVES, legacy="cvae")
-    alpha: float = option(
-        0.5, "training", "weight of the ELBO in the hybrid objective", _real(lambda v: 0 <= v <= 1, "from 0 to 1"),
-        parse=cli.unit_interval("--alpha"), legacy=0.5)
-    iw_samples: int = option(
-        5, "training", "samples of z per image in the iwae objective", _integer(1),
-        parse=cli.positive_int("--iw-samples"), legacy=5)
-    lr_decay: float = option(
-        1.0, "training", "the learning rate of epoch e (from 0) is lr * lr_decay ** e (1: constant)",
-        _real(lambda v: 0 < v <= 1, "above 0 and at most 1"), parse=cli.decay_factor("--lr-decay"), legacy=1.0)
-    kl_warmup: int = option(
-        0, "training", "epochs over which the KL term's weight rises linearly from 0 to 1 (Bowman et al. 2016; 0: "
-        "always 1, the paper's); patience counts from its end", _integer(0), parse=cli.non_negative_int("--kl-warmup"),
-        legacy=0)
-    sample_targets: bool = option(
-        False, "training", "train the CVAE on binary targets b ~ Bernoulli(y), drawn afresh for every batch (dynamic "
-        "binarization: its objective is then the true likelihood of binarized outputs); the baseline stays on y",
-        legacy=False)
-    free_bits: float = option(
-        0.0, "training", "free bits (Kingma et al. 2016): nats of KL per latent dimension that cost the same as none "
-        "(0: off, the ELBO)", _real(lambda v: 0 <= v < math.inf, "a number >= 0, e.g. 0.1"),
-        parse=cli.non_negative_float("--free-bits"), legacy=0.0)
-    aux_weight: float = option(
-        0.0, "training", "with --autoregressive: weight of an auxiliary loss, -log p(y|x,z) of the generation net "
-        "without the autoregressive term (after Zhao et al. 2017; 0: off)",
-        _real(lambda v: 0 <= v < math.inf, "a number >= 0, e.g. 1"), parse=cli.non_negative_float("--aux-weight"),
-        legacy=0.0)
-    train_precision: str = option(
-        "fp32", "training", "the arithmetic of the networks' matrix products in training: fp32, bf16 (autocast; the "
-        "losses stay float32), or auto (bf16 where the hardware multiplies it natively and fast, cvae.precision)",
-        choices=PRECISIONS, legacy="fp32")
     preset: str = option(
         "paper", "model", "named defaults: paper (the paper's set-up) or strong (docs/strong.md); "
         "options given beside it override its values", choices=tuple(PRESETS), legacy="paper")
@@ -209,8 +166,12 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def section(self, name: str) -> dict[str, Any]:
-        """The options of one section (SECTIONS) by name, e.g. section("training") -> FitSettings(**...)."""
+        """The options of one section (SECTIONS) by name."""
         return {f.name: getattr(self, f.name) for f in _fields() if _option(f).section == name}
+
+    def training_settings(self) -> TrainingSettings:
+        """The library's training settings of this run (its training section), as ``cvae.fit`` would take them."""
+        return TrainingSettings(**{name: getattr(self, RUN_NAMES.get(name, name)) for name in settings.NAMES})
 
     @classmethod
     def from_dict(cls, values: object) -> RunConfig:
@@ -230,6 +191,8 @@ class RunConfig:
         if missing:
             raise ValueError(f"key {_keys(missing)} missing from the configuration: every run of this program "
                              "records it")
+        if values.get("objective") in settings.LEGACY_OBJECTIVES:  # the ELBO's older name
+            values = values | {"objective": settings.LEGACY_OBJECTIVES[values["objective"]]}
         checked = {}
         for f in _fields():
             value = values.get(f.name, LEGACY_DEFAULTS.get(f.name))
@@ -238,7 +201,9 @@ class RunConfig:
                 raise ValueError(f'"{f.name}" is {_shown(value)}, expected {problem}')
             checked[f.name] = float(value) if isinstance(f.default, float) else \
                 list(value) if isinstance(value, list) else value
-        return cls(**checked)
+        config = cls(**checked)
+        config.training_settings()  # ValueError for settings that do not go together (cvae.settings)
+        return config
 
     @classmethod
     def from_options(cls, given: dict[str, Any], start: dict | None = None) -> RunConfig:
@@ -257,6 +222,37 @@ class RunConfig:
         return "binarized" if self.binarize else "grayscale"
 
 
+def flag(name: str) -> str:
+    """The command-line flag of an option: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
+# The training settings whose run option has another name: --precision chooses the evaluation's arithmetic.
+RUN_NAMES = {"precision": "train_precision"}
+FIRST_VERSION = ("epochs", "patience", "batch_size", "lr", "seed")  # the training options every saved run has
+# Command-line parsers whose messages explain a limit; every other training option is parsed from its declaration.
+PARSERS = {"epochs": cli.epochs, "seed": cli.seed}
+
+
+def _training_option(f: dataclasses.Field) -> tuple[str, type, dataclasses.Field]:
+    """A training setting of the library (cvae.settings) as a run option of the training section."""
+    name, declared = RUN_NAMES.get(f.name, f.name), settings.SETTINGS[f.name]
+    parse = None if isinstance(f.default, bool) or declared.choices else \
+        PARSERS.get(name) or cli.checked(flag(name), type(f.default), declared.check)
+    legacy = _REQUIRED if name in FIRST_VERSION else f.default  # a run made before it existed: the default
+    return name, type(f.default), option(f.default, "training", declared.help, declared.check, parse=parse,
+                                         choices=declared.choices, legacy=legacy)
+
+
+# Every option of a run: the experiment's, then the library's training settings (flat, as config.json stores them).
+RunConfig = dataclasses.make_dataclass("RunConfig", [_training_option(f) for f in settings.FIELDS],
+                                       bases=(ExperimentOptions,))
+RunConfig.__doc__ = """Every option of a run: the experiment's (ExperimentOptions) and the library's training settings
+(cvae.settings.TrainingSettings, in the training section; ``training_settings`` gives them back as such). The defaults
+reproduce the paper / Pyro tutorial set-up: MLPs 500-500, z of 200, Adam 1e-3, batch 128, at most 50 epochs with
+early stopping (patience 3) on the validation loss."""
+
+
 def _fields() -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(RunConfig)
 
@@ -272,9 +268,13 @@ LEGACY_DEFAULTS: dict[str, Any] = {f.name: _option(f).legacy for f in _fields() 
 RESUME_OPTIONS = frozenset(f.name for f in _fields() if _option(f).on_resume)
 
 
-def flag(name: str) -> str:
-    """The command-line flag of an option: batch_size -> --batch-size."""
-    return "--" + name.replace("_", "-")
+def in_flags(message: str) -> str:
+    """A message of the library's that names settings as Python does (free_bits, objective='elbo') in train's
+    words (--free-bits, --objective elbo)."""
+    names = "|".join(RUN_NAMES.get(name, name) for name in settings.NAMES)
+    message = re.sub(rf"\b({names})=(?:'([^']*)'|(\S+?))(?=[\s,.:;)]|$)",
+                     lambda m: f"{flag(m.group(1))} {m.group(2) if m.group(2) is not None else m.group(3)}", message)
+    return re.sub(rf"(?<![-\w])({names})\b", lambda m: flag(m.group(1)) if "_" in m.group(1) else m.group(1), message)
 
 
 def _default_text(f: dataclasses.Field, how: Option) -> str:
@@ -330,7 +330,7 @@ def read_run_config(path: str | Path) -> dict:
     "keep_state" (if there) are true or false and whose "distributed" (if there) is an object with a positive
     "world_size". Returns the saved dict; RunFileError (one paragraph naming the file, the key and the problem)
     otherwise. OSError (missing, unreadable) goes through."""
-    from .checkpoints import RunFileError, read_json  # torch: only once a command runs
+    from cvae.checkpoints import RunFileError, read_json  # torch: only once a command runs
 
     path = Path(path)
     remedy = "Restore the file from a copy of the run, or start a new run with train.py --out."

@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .checkpoints import atomic_path  # noqa: E402
+from cvae.checkpoints import atomic_path  # noqa: E402
+
 from .models import CVAE, BaselineNet  # noqa: E402
 from .quadrants import IMAGE_SIDE, MISSING, QuadrantTask  # noqa: E402
 

@@ -9,7 +9,7 @@ For K samples y_1..y_K of the output pixels of each image:
                       hat p_c = #{k: argmax p(.|image_k) = c} / K empirical distribution
     distinct          #{c: hat p_c > 0}                           distinct predicted labels
 
-with p(c|image) a digit classifier's softmax (cvae.classifier). For the latent variable: the KL term of the
+with p(c|image) a digit classifier's softmax (cvae.paper.classifier). For the latent variable: the KL term of the
 ELBO, KL(q(z|x,y) || p(z|x)), per image, and the active units of Burda, Grosse, Salakhutdinov (2016, section 5.2):
 unit u is active when A_u = Cov_x(E_{q(z|x,y)}[z_u]) > 0.01.
 """
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from .conditional_vae import ConditionalVAE
-from .distributions import DiagonalGaussian, GaussianMixture
-from .objectives import latent_kl as _latent_kl
+from cvae.conditional_vae import ConditionalVAE
+from cvae.distributions import DiagonalGaussian, GaussianMixture
+from cvae.objectives import latent_kl as _latent_kl
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016)'s threshold on A_u
 BLOCK = 2048  # images per pass of the recognition and prior nets

@@ -3,20 +3,20 @@
 Per test image, with the gray levels t of the targets and K predictions y_1..y_K of the output pixels:
 
     nn_true, cvae_true_mc, cvae_true_is   -E_{b ~ Bernoulli(t)} log p(b|x) over T binarizations b of t
-                                          (cvae.true_likelihood): the NN's exact value, the CVAE's Monte Carlo and
+                                          (cvae.paper.true_likelihood): the NN's exact value, the CVAE's Monte Carlo and
                                           importance-sampled estimates with S samples of z. Only where the score
                                           of the targets is not a log-probability (``true_likelihood_applies``).
-    nn_best_of_k, cvae_best_of_k          min_k sum_i (y_k,i - y_i)^2 (cvae.sample_metrics.best_of_k_error)
+    nn_best_of_k, cvae_best_of_k          min_k sum_i (y_k,i - y_i)^2 (cvae.paper.sample_metrics.best_of_k_error)
     cvae_sample_error                     (1/K) sum_k sum_i (y_k,i - y_i)^2, the error of one sample on average
     {nn,cvae}_plausibility, _diversity,   a classifier's view of the K completed images
-    {nn,cvae}_distinct                    (cvae.sample_metrics.classifier_scores)
-    cvae_kl                               KL(q(z|x,y) || p(z|x)) (cvae.sample_metrics.latent_kl)
+    {nn,cvae}_distinct                    (cvae.paper.sample_metrics.classifier_scores)
+    cvae_kl                               KL(q(z|x,y) || p(z|x)) (cvae.paper.sample_metrics.latent_kl)
 
 The NN's K predictions are its one prediction K times (its best-of-K error is its squared error, its diversity 0,
 its distinct labels 1); the CVAE's are the means E[y|x,z_k] of p(y|x,z_k) with z_k ~ p(z|x). Over the test set,
 the CVAE's active units (Burda et al. 2016) come from the posterior means E_q[z|x,y] (``summarize``).
 
-Seeds: block b of BLOCK images (cvae.evaluation) draws its binarizations and their z as cvae.true_likelihood
+Seeds: block b of BLOCK images (cvae.paper.evaluation) draws its binarizations and their z as cvae.paper.true_likelihood
 says, and its K samples of z (then the z of a mixture prior's KL) from a generator seeded with
 seed + SAMPLES_SEED_OFFSET + b * BLOCK_SEED_STRIDE: the values do not depend on which process evaluates which
 block (``sharded_sample_values``).
@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed, precision
+from cvae import distributed, precision
+
 from .classifier import class_probabilities, completed_images
 from .evaluation import BLOCK, BLOCK_SEED_STRIDE, mean_and_sem, process_share
 from .models import CVAE, BaselineNet
@@ -145,7 +146,7 @@ def sharded_sample_values(
     arithmetic: str = "fp32",
 ) -> dict[str, torch.Tensor]:
     """``per_image_sample_values`` of all the images, each process of a torchrun job computing its share of the
-    blocks (``cvae.evaluation.process_share``), gathered on every process (without torchrun, one process's)."""
+    blocks (``cvae.paper.evaluation.process_share``), gathered on every process (without torchrun, one process's)."""
     mine, first_block = process_share(x.shape[0])
     values = per_image_sample_values(baseline, cvae, classifier, x[mine], y[mine], num_samples, binarizations,
                                      sample_k, seed, progress, desc, first_block, arithmetic)
@@ -159,8 +160,8 @@ def per_image(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def summarize(values: dict[str, torch.Tensor]) -> dict:
-    """Mean and standard error over images of each per-image value (``cvae.evaluation.mean_and_sem``) and, with
-    the sample metrics, the CVAE's active units (``cvae.sample_metrics.active_units``; None for one image)."""
+    """Mean and standard error over images of each per-image value (``cvae.paper.evaluation.mean_and_sem``) and, with
+    the sample metrics, the CVAE's active units (``cvae.paper.sample_metrics.active_units``; None for one image)."""
     summary: dict = {key: mean_and_sem(value) for key, value in per_image(values).items()}
     means = values.get("posterior_means")
     if means is not None:

@@ -1,75 +1,34 @@
-"""The quadrant experiment end to end: a run directory's layout, training one setting, evaluating a run.
-
-Run directory layout:
-    config.json                 the RunConfig, the environment (versions, machine) and the status ("finished",
-                                "keep_state": whether the resumable states stay once it is)
-    q{k}/baseline.pt, cvae.pt   best checkpoints (lowest validation loss) for k input quadrants
-    q{k}/*_state.pt             resumable training states (deleted when the run is finished, unless --keep-state)
-    q{k}/history.json           per-epoch losses of both models, written once both are trained
-    q{k}/per_image.pt           per-image values on the test set: the negative CLL of every estimator, the true
-                                likelihood of binarized outputs and the sample metrics (cvae.sample_evaluation)
-    results.{json,csv,md}       the tables;  samples_q{k}.png, training_curves.png  the figures
+"""The quadrant experiment end to end: training one setting into a run directory (its layout:
+``cvae.paper.runs``), evaluating a run.
 
 Under torchrun every process trains and evaluates its share (``cvae.distributed``); only rank 0 writes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import checkpoints, distributed, figures, precision, report, sample_evaluation
-from .checkpoints import RunFileError
+from cvae import checkpoints, distributed, precision
+from cvae.likelihoods import by_name
+from cvae.regressor import Regressor
+from cvae.settings import TrainingSettings
+from cvae.training import StopFlag, train_loop
+
+from . import figures, report, sample_evaluation
 from .classifier import classifier_and_record
 from .cli import UserError
-from .config import RunConfig, read_run_config
+from .config import RunConfig
 from .data import Splits
 from .evaluation import sharded_per_image_cll, summarize
-from .likelihoods import by_name
-from .models import CVAE, BaselineNet, build_model
+from .models import CVAE, BaselineNet, load_model, model_options
 from .quadrants import NUM_PIXELS, QuadrantTask
-from .regressor import Regressor
-from .training import FitSettings, StopFlag, train_loop
-
-
-@dataclass(frozen=True)
-class SettingPaths:
-    root: Path
-
-    @property
-    def baseline(self) -> Path:
-        return self.root / "baseline.pt"
-
-    @property
-    def cvae(self) -> Path:
-        return self.root / "cvae.pt"
-
-    @property
-    def baseline_state(self) -> Path:
-        return self.root / "baseline_state.pt"
-
-    @property
-    def cvae_state(self) -> Path:
-        return self.root / "cvae_state.pt"
-
-    @property
-    def history(self) -> Path:
-        return self.root / "history.json"
-
-    @property
-    def per_image(self) -> Path:
-        return self.root / "per_image.pt"
-
-
-def setting_paths(run_dir: Path, k: int) -> SettingPaths:
-    return SettingPaths(Path(run_dir) / f"q{k}")
+from .runs import SettingPaths, setting_paths
 
 
 def task_data(images: torch.Tensor, task: QuadrantTask, binarize: bool,
@@ -87,24 +46,11 @@ def predictions(baseline: Regressor, x: torch.Tensor, block: int = 4096) -> torc
     return torch.cat([baseline(part) for part in x.split(block)])
 
 
-def fit_settings(config: RunConfig, device: torch.device) -> FitSettings:
-    """The training loop's settings of a run configuration: its training options, by name, with train_precision
-    resolved for the device (``cvae.precision.resolve``) as FitSettings.precision."""
-    options = config.section("training")
-    arithmetic = precision.resolve(options.pop("train_precision"), device)
-    return FitSettings(**options, precision=arithmetic)
-
-
-def model_options(kind: str, k: int, config: RunConfig) -> dict:
-    """What a run's model of kind "baseline" or "cvae" for setting k is made of, as its checkpoint records it
-    (``models.model_checkpoint``): the baseline never has the autoregressive term (autoregressive_baseline.py's
-    control is not a run's model)."""
-    autoregressive = kind == "cvae" and config.autoregressive
-    options = {"num_quadrants": k, "hidden": list(config.hidden), "likelihood": config.likelihood,
-               "autoregressive": autoregressive, "ar_window": config.ar_window if autoregressive else 0}
-    if kind == "cvae":
-        options["z_dim"] = config.z_dim
-    return options
+def fit_settings(config: RunConfig, device: torch.device) -> TrainingSettings:
+    """The training settings of a run configuration, with its train_precision resolved for the device
+    (``cvae.precision.resolve``), so that the run's config.json says which arithmetic auto chose."""
+    settings = config.training_settings()
+    return settings.replace(precision=precision.resolve(settings.precision, device))
 
 
 def new_model(kind: str, k: int, config: RunConfig, baseline: BaselineNet | None = None) -> BaselineNet | CVAE:
@@ -197,7 +143,7 @@ def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, devi
     torch.manual_seed(config.seed * 10 + k)  # initial weights, the same whether resumed or not
     baseline = new_model("baseline", k, config).to(device)
     # no KL term and gray targets: the same baseline whatever the CVAE's training options
-    baseline_settings = dataclasses.replace(settings, kl_warmup=0, sample_targets=False, free_bits=0.0, aux_weight=0.0)
+    baseline_settings = settings.replace(kl_warmup=0, sample_targets=False, free_bits=0.0, aux_weight=0.0)
     histories = {"baseline": train_loop(baseline, train, val, baseline_settings, paths.baseline,
                                  paths.baseline_state, stop, progress, f"q{k} baseline")}
 
@@ -241,29 +187,6 @@ def delete_states(run_dir: Path, quadrants: list[int]) -> int:
     return freed
 
 
-def read_run(run_dir: Path) -> dict:
-    """The saved config.json of a run directory, or a UserError saying why it is not a run."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (it has no config.json). Give the "
-                            "directory that train.py --out wrote.")
-    try:
-        return read_run_config(path)
-    except RunFileError as error:
-        raise UserError(str(error)) from None
-
-
-def load_model(path: Path, kind: str, k: int, config: RunConfig,
-               device: torch.device) -> BaselineNet | CVAE:
-    """Load a best checkpoint and check it matches the run's configuration for setting k."""
-    checkpoint = checkpoints.load(path)
-    if checkpoint.get("kind") != kind:
-        raise checkpoints.CheckpointError(
-            f"checkpoint {path} holds a {checkpoint.get('kind')!r} model, expected {kind!r}.")
-    checkpoints.expect_config(checkpoint, model_options(kind, k, config), path)
-    return build_model(checkpoint, path).to(device)
-
-
 def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch.device,
                  num_samples: int, test_subset: int | None = None,
                  progress: bool = True, arithmetic: str = "fp32", binarizations: int = 1, sample_k: int = 10,
@@ -271,11 +194,12 @@ def evaluate_run(run_dir: Path, config: RunConfig, splits: Splits, device: torch
     """Evaluate every trained setting of a run on the test set; write the tables and figures. arithmetic: the
     resolved precision of the networks' matrix products, "fp32" or "bf16" (``cvae.precision.resolve``).
 
-    Beside the CLL (``cvae.evaluation``), per setting (``cvae.sample_evaluation``): the true likelihood of the
-    binarized outputs with ``binarizations`` draws per image, where the run's score of its targets is no
-    log-probability (``true_likelihood_applies``; results.json's "binarizations" is null elsewhere), and the sample
-    metrics of ``sample_k`` predictions per image (0: none). Their classifier is the one cached in data_dir (by
-    default the run's), trained there first when it is not (by rank 0 under torchrun, the others waiting).
+    Beside the CLL (``cvae.paper.evaluation``), per setting (``cvae.paper.sample_evaluation``): the true
+    likelihood of the binarized outputs with ``binarizations`` draws per image, where the run's score of its
+    targets is no log-probability (``true_likelihood_applies``; results.json's "binarizations" is null
+    elsewhere), and the sample metrics of ``sample_k`` predictions per image (0: none). Their classifier is the
+    one cached in data_dir (by default the run's), trained there first when it is not (by rank 0 under
+    torchrun, the others waiting).
 
     Returns the results dict (also in results.json) and the markdown table. Under torchrun each process
     evaluates a share of the test images; rank 0 gathers them, writes and returns the table ("" elsewhere).

@@ -10,12 +10,13 @@ from pathlib import Path
 import scipy.stats
 import torch
 
-from . import checkpoints
-from .checkpoints import RunFileError
+from cvae import checkpoints
+from cvae.checkpoints import RunFileError
+from cvae.settings import LEGACY_OBJECTIVES, OBJECTIVES
+
+from .choices import PIXEL_LIKELIHOODS
 from .config import PRESETS, RunConfig, read_run_config
 from .evaluation import ROW_NAMES
-from .likelihoods import PIXEL_LIKELIHOODS
-from .objectives import RUN_OBJECTIVES
 from .report import table_header
 from .sample_evaluation import ACTIVE_UNITS, LATENT_KEYS, SAMPLE_ROWS, TRUE_ROW_NAMES
 
@@ -54,7 +55,8 @@ FAMILY_MODELS = {"cvae": "CVAE", "gsnn": "GSNN", "hybrid": "hybrid", "iwae": "IW
 
 def family(run: dict) -> str:
     """Which rows a run fills: "strong" for the strong preset's runs, else its training objective."""
-    return "strong" if run.get("preset") == "strong" else run.get("objective", "cvae")
+    objective = run.get("objective", "elbo")
+    return "strong" if run.get("preset") == "strong" else "cvae" if objective == "elbo" else objective
 
 
 def paired_difference(a: torch.Tensor, b: torch.Tensor, confidence: float = 0.95) -> dict[str, float]:
@@ -84,7 +86,8 @@ def _results_problem(results: object) -> str | None:
     required = {"dataset": lambda v: isinstance(v, str), "protocol": lambda v: v in ("grayscale", "binarized"),
                 "num_samples": lambda v: _number(v) and v == int(v) and v > 0,
                 "test_examples": lambda v: _number(v) and v == int(v) and v > 0}
-    optional = {"likelihood": lambda v: v in PIXEL_LIKELIHOODS, "objective": lambda v: v in RUN_OBJECTIVES,
+    optional = {"likelihood": lambda v: v in PIXEL_LIKELIHOODS,
+                "objective": lambda v: v in OBJECTIVES or v in LEGACY_OBJECTIVES,
                 "preset": lambda v: v in PRESETS, "seed": lambda v: _number(v) and v == int(v) and v >= 0,
                 "alpha": _number}
     for key in required:
@@ -150,7 +153,8 @@ def load_runs(run_dirs: list[Path]) -> list[dict]:
             raise RunFileError(f"{path} {problem}: it is not the results.json evaluate.py writes for this run "
                                f"(corrupt, copied from another run, or edited). Re-evaluate the run: "
                                f"python evaluate.py {run_dir}")
-        runs.append(results | {"run_dir": str(run_dir), "config": config})
+        objective = {"objective": LEGACY_OBJECTIVES.get(config["objective"], config["objective"])}  # one name each
+        runs.append(results | objective | {"run_dir": str(run_dir), "config": config | objective})
     return runs
 
 
@@ -285,7 +289,7 @@ def _nn_runs(runs: list[dict], by_family: dict[str, list[dict]]) -> list[dict]:
 
 
 def samples_table(runs: list[dict]) -> str:
-    """Markdown: the samples judged as samples (cvae.sample_evaluation) of the runs that have them, one row per
+    """Markdown: the samples judged as samples (cvae.paper.sample_evaluation) of the runs that have them, one row per
     model and metric (the NN's from the runs of the NN rows, each family's CVAE's from its runs), one column per
     setting, cells as in ``paper_table``; "" where no run has them."""
     settings = sorted({key for run in runs for key in run if key.isdigit()})
@@ -323,6 +327,7 @@ def changes(config: dict) -> str:
             return name if value else f"no {name}"
         return f"{name} {'-'.join(map(str, value)) if isinstance(value, list) else value}"
 
+    config = config | {"objective": LEGACY_OBJECTIVES.get(config.get("objective"), config.get("objective", "elbo"))}
     changed = [shown(name, value) for name, value in config.items()
                if name in paper and name not in NOT_ABLATED and value != paper[name]]
     return ", ".join(changed) or "none (the paper's set-up)"

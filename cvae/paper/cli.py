@@ -48,6 +48,21 @@ def _integer(text: str, what: str, minimum: int) -> int:
     return value
 
 
+def checked(what: str, kind: type, check: Callable[[object], str | None]) -> Callable[[str], object]:
+    """A command-line value of kind int or float that ``check`` (a declaration's, e.g. cvae.settings') accepts;
+    otherwise an argparse error saying what ``check`` expected."""
+    def parse(text: str) -> object:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        problem = check(value)  # None (not a number of that kind) fails every check
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid: {what} must be {problem}.")
+        return value
+    return parse
+
+
 def positive_int(what: str) -> Callable[[str], int]:
     return lambda text: _integer(text, what, 1)
 
@@ -88,32 +103,6 @@ def quadrants(text: str) -> int:
             f"{text!r} is not valid: the number of input quadrants must be 1, 2 or 3 (the model "
             "sees k of the four quadrants of a digit and predicts the rest), e.g. --quadrants 1 2 3.")
     return int(text)
-
-
-def _real(text: str, what: str, accept: Callable[[float], bool], expected: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not accept(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid: {what} must be {expected}.")
-    return value
-
-
-def positive_float(what: str) -> Callable[[str], float]:
-    return lambda text: _real(text, what, lambda v: 0 < v < float("inf"), "a positive finite number, e.g. 1e-3")
-
-
-def non_negative_float(what: str) -> Callable[[str], float]:
-    return lambda text: _real(text, what, lambda v: 0 <= v < float("inf"), "a number >= 0, e.g. 0.5")
-
-
-def unit_interval(what: str) -> Callable[[str], float]:
-    return lambda text: _real(text, what, lambda v: 0 <= v <= 1, "a number from 0 to 1, e.g. 0.5")
-
-
-def decay_factor(what: str) -> Callable[[str], float]:
-    return lambda text: _real(text, what, lambda v: 0 < v <= 1, "a number above 0 and at most 1, e.g. 0.95")
 
 
 def odd_window(what: str) -> Callable[[str], int]:
@@ -201,7 +190,7 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    """The evaluation's options beyond the CLL (cvae.sample_evaluation): --binarizations T and --sample-k K."""
+    """The evaluation's options beyond the CLL (cvae.paper.sample_evaluation): --binarizations T and --sample-k K."""
     parser.add_argument("--binarizations", type=positive_int("--binarizations"), default=1, metavar="T",
                         help="draws b ~ Bernoulli(t) per test image for the true CLL of binarized outputs, "
                         "-E_b log p(b|x), computed where the Bernoulli score of grayscale targets t is no "
@@ -217,8 +206,9 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _imported(name: str) -> ModuleType | None:
-    """cvae's module of that name if it was imported (None otherwise), to look at without importing it."""
-    return sys.modules.get(f"{__package__}.{name}")
+    """The module of that name, the experiment's (cvae.paper) or else the library's (cvae), if it was imported (None
+    otherwise), to look at without importing it."""
+    return sys.modules.get(f"{__package__}.{name}") or sys.modules.get(f"cvae.{name}")
 
 
 def _raised(error: BaseException, *classes: str) -> bool:
@@ -244,7 +234,7 @@ def _say(message: str, every_process: bool = False) -> None:
 
 def lost_peer_message(error: RuntimeError) -> str:
     """A collective's failure, said plainly: which process, what the backend said (first sentence), what to do."""
-    from . import distributed
+    from cvae import distributed
 
     cause = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip().splitlines()[0]).split(". ")[0]
     return (f"error: process {distributed.rank()} of {distributed.world_size()} lost contact with the others "

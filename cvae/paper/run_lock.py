@@ -1,9 +1,9 @@
 """One job per run directory: an exclusive lock on RUN_DIR/.cvae.lock, held for the whole job.
 
-train.py (a new run, --overwrite and --resume), evaluate.py, convergence.py and autoregressive_baseline.py take
-it before they read or write anything in the directory. A second job on the same directory stops at once with
-an error (exit 2) that names the directory and the process holding it, and changes nothing: two jobs would
-otherwise overwrite each other's files, or one would resume the other's state.
+train.py (a new run, --overwrite and --resume), evaluate.py, cvae-sohn convergence and cvae-sohn
+autoregressive-baseline take it before they read or write anything in the directory. A second job on the same
+directory stops at once with an error (exit 2) that names the directory and the process holding it, and changes
+nothing: two jobs would otherwise overwrite each other's files, or one would resume the other's state.
 
 The lock is ``fcntl.flock`` on the lock file, so it cannot go stale: the kernel releases it when the process that
 holds it ends, however it ends (an exception, a signal, kill -9, the out-of-memory killer). A lock file left
@@ -29,7 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import distributed
+from cvae import distributed
+
 from .cli import UserError
 
 LOCK_NAME = ".cvae.lock"

@@ -1,6 +1,6 @@
 """How the CVAE's CLL estimates converge with the number of samples S, on a fixed subset of test images.
 
-    python convergence.py runs/default --quadrants 1 --test-subset 1000 --samples 1 10 100 1000 5000
+    cvae-sohn convergence runs/default --quadrants 1 --test-subset 1000 --samples 1 10 100 1000 5000
 
 (or cvae-sohn convergence ..., python -m cvae convergence ...). Writes convergence_q{k}.json, .md and .png into
 RUN_DIR and prints the table: the negative ELBO, the Monte Carlo estimate (z from the prior) and the
@@ -42,18 +42,22 @@ def main(argv: list[str] | None = None) -> int:
 
     device = cli.resolve_device(args.device)
     run_dir = Path(args.run_dir)
-    with run_lock.hold(run_dir, command="convergence.py"):  # it writes convergence_q{k}.* into the run directory
+    with run_lock.hold(run_dir, command="cvae-sohn convergence"):  # it writes convergence_q{k}.* into the run directory
         return convergence(args, device, run_dir)
 
 
 def convergence(args: argparse.Namespace, device: torch.device, run_dir: Path) -> int:
     """Estimate and write the tables of run_dir; the caller holds its lock."""
-    from .. import checkpoints, figures, precision
+    from cvae import checkpoints, precision
+
+    from .. import figures
     from ..config import RunConfig
     from ..convergence import estimates_versus_samples, markdown_table
     from ..data import load_splits
-    from ..experiment import load_model, read_run, remove_stale_temporaries, setting_paths, task_data
+    from ..experiment import remove_stale_temporaries, task_data
+    from ..models import load_model
     from ..quadrants import QuadrantTask
+    from ..runs import read_run, setting_paths
 
     config = RunConfig.from_dict(read_run(run_dir)["config"])
     remove_stale_temporaries(run_dir)

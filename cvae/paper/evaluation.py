@@ -13,8 +13,9 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, precision
-from .estimators import cll_importance, cll_monte_carlo, negative_elbo
+from cvae import distributed, precision
+from cvae.estimators import cll_importance, cll_monte_carlo, mean_and_sem, negative_elbo
+
 from .models import CVAE, BaselineNet
 
 BLOCK = 500  # test images per progress-bar step and per noise generator
@@ -84,13 +85,6 @@ def sharded_per_image_cll(
     else:  # fewer blocks than processes
         values = {key: torch.zeros(0, dtype=torch.float64) for key in (*KEYS, "gap")}
     return {key: distributed.gather_tensors(value) for key, value in values.items()}
-
-
-def mean_and_sem(values: torch.Tensor) -> dict[str, float]:
-    """Mean and standard error of the mean, std / sqrt(N) with the unbiased std."""
-    n = values.numel()
-    sem = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
-    return {"mean": values.mean().item(), "sem": sem}
 
 
 def summarize(values: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:

@@ -17,11 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import likelihoods
-from .checkpoints import CHECKPOINT_DEFAULTS, CheckpointError, describe
-from .conditional_vae import ConditionalVAE
+from cvae import likelihoods
+from cvae.checkpoints import CHECKPOINT_DEFAULTS, CheckpointError, describe, expect_config, load
+from cvae.conditional_vae import ConditionalVAE
+from cvae.regressor import Regressor
+
+from .cli import UserError
+from .config import RunConfig
 from .quadrants import IMAGE_SIDE, NUM_PIXELS, QuadrantTask, check_num_quadrants
-from .regressor import Regressor
+from .runs import read_run, setting_paths
 
 
 class QuadrantImage(nn.Module):
@@ -80,7 +84,7 @@ class BaselineNet(Regressor):
     """The deterministic baseline: an MLP from x (N, 784) to the logits of the output pixels,
 
     p(y|x) = prod_i Bernoulli(y_i; sigmoid(f(x)_i)) over the output pixels i (or another likelihood). With
-    autoregressive (only the control of the strong preset, autoregressive_baseline.py) the logits get an
+    autoregressive (only the control of the strong preset, cvae-sohn autoregressive-baseline) the logits get an
     Autoregression term a_i, and the likelihood is still exact.
     """
 
@@ -135,10 +139,6 @@ class CVAE(ConditionalVAE):
 def _from_run(run_dir: str | Path, quadrants: int, kind: str, device: str | torch.device) -> BaselineNet | CVAE:
     """The best checkpoint of kind "baseline" or "cvae" of a finished run for setting quadrants, in eval mode on
     device (``BaselineNet.from_run``, ``CVAE.from_run``)."""
-    from .cli import UserError  # here: experiment imports this module, and runs are not the networks' concern
-    from .config import RunConfig
-    from .experiment import load_model, read_run, setting_paths
-
     k, run_dir = check_num_quadrants(quadrants), Path(run_dir)
     saved = read_run(run_dir)
     if not saved.get("finished"):
@@ -184,3 +184,26 @@ def build_model(checkpoint: dict, path: str | Path = "<checkpoint>") -> Baseline
             "Point at the run that made it, or re-run training."
         ) from None
     return model
+
+
+def model_options(kind: str, k: int, config: RunConfig) -> dict:
+    """What a run's model of kind "baseline" or "cvae" for setting k is made of, as its checkpoint records it
+    (``models.model_checkpoint``): the baseline never has the autoregressive term (cvae-sohn autoregressive-baseline's
+    control is not a run's model)."""
+    autoregressive = kind == "cvae" and config.autoregressive
+    options = {"num_quadrants": k, "hidden": list(config.hidden), "likelihood": config.likelihood,
+               "autoregressive": autoregressive, "ar_window": config.ar_window if autoregressive else 0}
+    if kind == "cvae":
+        options["z_dim"] = config.z_dim
+    return options
+
+
+def load_model(path: Path, kind: str, k: int, config: RunConfig,
+               device: torch.device) -> BaselineNet | CVAE:
+    """Load a best checkpoint and check it matches the run's configuration for setting k."""
+    checkpoint = load(path)
+    if checkpoint.get("kind") != kind:
+        raise CheckpointError(
+            f"checkpoint {path} holds a {checkpoint.get('kind')!r} model, expected {kind!r}.")
+    expect_config(checkpoint, model_options(kind, k, config), path)
+    return build_model(checkpoint, path).to(device)

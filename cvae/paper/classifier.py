@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import checkpoints
+from cvae import checkpoints
+
 from .data import Splits, load_splits
 from .quadrants import IMAGE_SIDE, NUM_PIXELS, QuadrantTask
 

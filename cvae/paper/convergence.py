@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .estimators import cll_importance, cll_monte_carlo, negative_elbo
+from cvae.estimators import cll_importance, cll_monte_carlo, negative_elbo
+
 from .evaluation import mean_and_sem
 from .models import CVAE
 

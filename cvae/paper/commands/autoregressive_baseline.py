@@ -1,6 +1,6 @@
 """The strong preset's control: the NN baseline given the same autoregressive term, with no latent variable.
 
-    python autoregressive_baseline.py --out runs/nn_autoregressive     # 1, 2 and 3 quadrants, seed 0
+    cvae-sohn autoregressive-baseline --out runs/nn_autoregressive     # 1, 2 and 3 quadrants, seed 0
 
 Trains BaselineNet(autoregressive=True) with the paper's optimizer settings and early stopping, then reports its
 exact negative CLL on the test set. Beside the strong preset's CVAE it tells how much of the CVAE's lead over
@@ -11,22 +11,24 @@ command continues from the saved state.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from cvae import checkpoints, cli, run_lock
-from cvae.config import RunConfig
-from cvae.data import load_splits
-from cvae.evaluation import mean_and_sem
-from cvae.experiment import fit_settings, remove_stale_temporaries, setting_paths, task_data
-from cvae.models import BaselineNet, build_model
-from cvae.quadrants import QuadrantTask
-from cvae.report import table_header
+from cvae import checkpoints
+from cvae.estimators import mean_and_sem
 from cvae.training import StopFlag, TrainingInterrupted, stop_on_signals, train_loop
-from cvae.true_likelihood import nn_expected_nll
+
+from .. import cli, run_lock
+from ..config import RunConfig
+from ..data import load_splits
+from ..experiment import fit_settings, remove_stale_temporaries, task_data
+from ..models import BaselineNet, build_model
+from ..quadrants import QuadrantTask
+from ..report import table_header
+from ..runs import setting_paths
+from ..true_likelihood import nn_expected_nll
 
 ROW = "NN + autoregressive term (exact CLL)"
 TRUE_ROW = "NN + autoregressive term, true CLL of binarized outputs (exact)"
@@ -34,7 +36,7 @@ TRUE_ROW = "NN + autoregressive term, true CLL of binarized outputs (exact)"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = RunConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=cli.program("autoregressive-baseline"), description=__doc__.split("\n\n")[0])
     p.add_argument("--quadrants", type=cli.quadrants, nargs="+", default=defaults.quadrants)
     p.add_argument("--seed", type=cli.seed, default=defaults.seed)
     p.add_argument("--ar-window", type=cli.odd_window("--ar-window"), default=0,
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
     run_lock.check_directory_path(out, "--out")
     if out.exists() and not out.is_dir():
         raise cli.UserError(f"--out {out} is a file, not a directory. Choose another --out.")
-    with run_lock.hold(out, create=True, command="autoregressive_baseline.py"):  # one job per directory
+    with run_lock.hold(out, create=True, command="autoregressive-baseline"):  # one job per directory
         return control(args, device, out, stop)
 
 
@@ -120,7 +122,3 @@ def control(args: argparse.Namespace, device, out: Path, stop: StopFlag | None) 
     checkpoints.write_text(out / "results.md", table)
     print(table)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main))

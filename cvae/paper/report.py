@@ -7,7 +7,8 @@ import io
 import json
 from pathlib import Path
 
-from .checkpoints import write_texts
+from cvae.checkpoints import write_texts
+
 from .evaluation import ROW_NAMES
 from .sample_evaluation import ACTIVE_UNITS, LATENT_KEYS, SAMPLE_ROWS, TRUE_ROW_NAMES
 
@@ -87,7 +88,7 @@ def markdown_table(results: dict) -> str:
 
 
 def samples_table(results: dict) -> str:
-    """The samples judged as samples (cvae.sample_evaluation), one column per setting; "" where the run has none
+    """The samples judged as samples (cvae.paper.sample_evaluation), one column per setting; "" where the run has none
     (evaluated with --sample-k 0, or before they existed)."""
     keys = _shown(results, SAMPLE_ROWS)
     if not keys:

@@ -20,10 +20,10 @@ CVAE's Monte Carlo or importance-sampled estimate of it (cvae.estimators, S samp
     -L_hat(t|x) = -(1/T) sum_t log p_hat(b_t|x).
 
 They return one value per image, in nats. Each image's draws (of b, and of z) are independent of every other
-image's, so these per-image averages are i.i.d. across test images, and ``cvae.evaluation.mean_and_sem`` over
+image's, so these per-image averages are i.i.d. across test images, and ``cvae.paper.evaluation.mean_and_sem`` over
 them gives the mean and a standard error that already includes the binarization noise (and the noise of z).
 
-Draws are seeded per block of BLOCK images, as in cvae.evaluation: image n belongs to block n // BLOCK, whose
+Draws are seeded per block of BLOCK images, as in cvae.paper.evaluation: image n belongs to block n // BLOCK, whose
 draws of b come from a generator seeded with seed + block * BLOCK_SEED_STRIDE, and those of z from one seeded with
 seed + Z_SEED_OFFSET + block * BLOCK_SEED_STRIDE. The uniforms of b are drawn for a whole block even when it is
 the last, partial one, so the draws of image n depend only on n, on y[n] and on the seed: not on how many images
@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import torch
 
-from .conditional_vae import ConditionalVAE
-from .estimators import cll_importance, cll_monte_carlo
+from cvae.conditional_vae import ConditionalVAE
+from cvae.estimators import cll_importance, cll_monte_carlo
+from cvae.inputs import check_matrix
+from cvae.regressor import Regressor
+
 from .evaluation import BLOCK, BLOCK_SEED_STRIDE
-from .inputs import check_matrix
-from .regressor import Regressor
 
 Z_SEED_OFFSET = BLOCK_SEED_STRIDE // 2  # z's generators sit between the blocks' binarization generators
 CVAE_ESTIMATORS = {"importance": cll_importance, "monte_carlo": cll_monte_carlo}

@@ -20,10 +20,10 @@ from typing import NamedTuple
 import numpy
 import torch
 
-from cvae import cli, figures
-from cvae.cli import UserError
-from cvae.models import CVAE, BaselineNet
-from cvae.quadrants import IMAGE_SIDE, NUM_PIXELS, QuadrantTask
+from cvae.paper import cli, figures
+from cvae.paper.cli import UserError
+from cvae.paper.models import CVAE, BaselineNet
+from cvae.paper.quadrants import IMAGE_SIDE, NUM_PIXELS, QuadrantTask
 
 RESIZE_HINT = 'Image.open(f).convert("L").resize((28, 28))'
 

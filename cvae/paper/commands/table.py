@@ -1,8 +1,8 @@
 """The paper-style table from several evaluated runs (objectives cvae / gsnn / hybrid, the strong preset,
 several seeds), beside the published figures, and the paired NN-vs-CVAE comparison with 95% confidence intervals.
 
-    python paper_table.py runs/default runs/seed1 runs/seed2 runs/gsnn runs/hybrid --out runs/paper_table.md
-    python paper_table.py --ablation runs/default runs/wide runs/strong   # one row per run: what it changes
+    cvae-sohn table runs/default runs/seed1 runs/seed2 runs/gsnn runs/hybrid --out runs/paper_table.md
+    cvae-sohn table --ablation runs/default runs/wide runs/strong   # one row per run: what it changes
 
 (or cvae-sohn table ..., python -m cvae table ...).
 """
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
     args = p.parse_args(argv)
 
-    from .. import checkpoints
+    from cvae import checkpoints
+
     from ..comparison import (
         ComparisonError,
         ablation_table,

@@ -15,7 +15,7 @@ training is finished its resumable states (q{k}/*_state.pt, most of a run's size
 --sample-k are choices of each evaluation (results.json records them), not part of the run's configuration
 (config.json).
 
-One job per run directory: the job holds the directory's lock (cvae.run_lock) from before it looks into it to
+One job per run directory: the job holds the directory's lock (cvae.paper.run_lock) from before it looks into it to
 its end. Numbers that cannot work (a seed whose generator seeds would overflow, networks that cannot fit in the
 device's memory) are refused before anything is created; a run that saved no checkpoint (it failed, ran out of
 memory or was killed before its first one) does not block the same command: it starts there anew.
@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import cli
-from ..config import RESUME_OPTIONS, RunConfig, add_run_options, flag, given_options
+from ..config import RESUME_OPTIONS, RunConfig, add_run_options, flag, given_options, in_flags
 
 if TYPE_CHECKING:
     import torch
 
-    from ..training import StopFlag
+    from cvae.training import StopFlag
 
 RUN_ARTIFACTS = ("config.json", "results.json", "results.csv", "results.md", "training_curves.png")
 DEFAULT_OUT = "runs/default"
@@ -99,7 +99,9 @@ def new_config(args: argparse.Namespace) -> RunConfig:
     start = read_options_file(args.config) if args.config else None
     try:
         return RunConfig.from_options(args.given, start)
-    except ValueError as error:  # only the file's values can be wrong: the parser checked the options given
+    except ValueError as error:  # the parser checked each option given: a file's value, or options that clash
+        if start is None:
+            raise cli.UserError(f"{in_flags(str(error))}.") from None
         raise cli.UserError(f"--config {args.config}: {error}. Correct it in the file, or give that option beside "
                             "--config to replace it.") from None
 
@@ -121,9 +123,6 @@ def check_new_run(args: argparse.Namespace, device: torch.device) -> tuple[Path,
     if config.train_subset is not None and config.train_subset < config.batch_size:
         raise cli.UserError(f"--train-subset {config.train_subset} is smaller than --batch-size "
                             f"{config.batch_size}: use at least one full batch of images.")
-    if (config.free_bits or config.aux_weight) and config.objective != "cvae":
-        raise cli.UserError(f"--free-bits and --aux-weight change the ELBO objective (--objective cvae), not "
-                            f"--objective {config.objective}.")
     if config.aux_weight and not config.autoregressive:
         raise cli.UserError("--aux-weight needs --autoregressive: without the term the auxiliary loss is the "
                             "reconstruction term itself.")
@@ -146,7 +145,7 @@ def not_a_run(run_dir: Path) -> cli.UserError:
 def saved_nothing(run_dir: Path) -> bool:
     """Whether run_dir holds a run that failed or was killed before it saved anything (no checkpoint, history
     or results; config.json says unfinished): nothing a new run there could lose."""
-    from ..experiment import setting_paths
+    from ..runs import setting_paths
 
     try:
         saved = json.loads((run_dir / "config.json").read_text())
@@ -162,8 +161,9 @@ def choose_run(args: argparse.Namespace, run_dir: Path, config: RunConfig | None
     """The configuration, under the run directory's lock, after checking that nothing will be overwritten
     silently. config: check_new_run's (None with --resume). Returns (config, resuming, replace): replace
     when what train wrote in run_dir must be removed first (--overwrite, or a run that saved nothing)."""
-    from .. import distributed
-    from ..experiment import read_run
+    from cvae import distributed
+
+    from ..runs import read_run
 
     if args.resume:
         config = RunConfig.from_dict(read_run(run_dir)["config"])
@@ -212,7 +212,7 @@ def check_writable(run_dir: Path) -> None:
 
 def scale_out(config: RunConfig) -> dict:
     """How the run is spread over processes: --batch-size is the global batch, the learning rate as given."""
-    from .. import distributed
+    from cvae import distributed
 
     world = distributed.world_size()
     return {"world_size": world, "global_batch_size": config.batch_size,
@@ -221,7 +221,7 @@ def scale_out(config: RunConfig) -> dict:
 
 def check_same_processes(saved: dict, run_dir: Path) -> None:
     """An unfinished run continues exactly only with as many processes as it was started with."""
-    from .. import distributed
+    from cvae import distributed
 
     started = saved.get("distributed", {}).get("world_size", 1)  # runs from before torchrun support had 1
     if not saved.get("finished") and started != distributed.world_size():
@@ -249,7 +249,9 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
                             "with its own configuration: give one of them. To change a run's options, start a new "
                             f"run from its configuration: --config {Path(args.resume) / 'config.json'} --out NEW_DIR")
     cli.start_torch()
-    from .. import distributed, run_lock
+    from cvae import distributed
+
+    from .. import run_lock
 
     device = distributed.init_from_env(cli.resolve_device(args.device))  # a no-op without torchrun
     run_dir, config = (Path(args.resume), None) if args.resume else check_new_run(args, device)
@@ -261,18 +263,13 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
 def train(args: argparse.Namespace, device: torch.device, run_dir: Path, config: RunConfig | None,
           stop: StopFlag | None) -> int:
     """Train (what is left of) the run in run_dir, then evaluate it; the caller holds the run's lock."""
-    from .. import checkpoints, distributed, precision
+    from cvae import checkpoints, distributed, precision
+    from cvae.training import StopFlag, TrainingInterrupted, stop_on_signals
+
     from ..config import environment
     from ..data import load_splits
-    from ..experiment import (
-        check_memory,
-        delete_states,
-        evaluate_run,
-        read_run,
-        remove_stale_temporaries,
-        train_setting,
-    )
-    from ..training import StopFlag, TrainingInterrupted, stop_on_signals
+    from ..experiment import check_memory, delete_states, evaluate_run, remove_stale_temporaries, train_setting
+    from ..runs import read_run
 
     main_process = distributed.is_main()
     config, resuming, replace = choose_run(args, run_dir, config)
