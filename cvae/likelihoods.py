@@ -1,4 +1,5 @@
-"""Output likelihoods p(y | params) for a decoder, written by hand: Bernoulli, Gaussian, continuous Bernoulli.
+"""Output likelihoods p(y | params) for a decoder, written by hand: Bernoulli, Gaussian, continuous Bernoulli,
+Laplace.
 
 A decoder network outputs ``params`` of shape (..., num_params * D) for a target y of shape (..., D); a
 likelihood interprets them. Every likelihood has the same interface:
@@ -138,6 +139,21 @@ def _format_value(value: torch.Tensor) -> str:
     return repr(value.item())
 
 
+def _fixed_scale(scale: object, also_float32: bool = False) -> float | None:
+    """A fixed scale as a float, or None (learned); a ValueError for anything but a positive finite number (with
+    also_float32, also for one that float32 rounds to 0 or inf)."""
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite float or None (learned), not {scale!r}")
+    if also_float32:
+        in_float32 = torch.tensor(float(scale), dtype=torch.float32).item()  # rounds to 0 or inf without a warning
+        if not 0 < in_float32 < math.inf:
+            raise ValueError(f"scale must be a positive finite float or None (learned), not {scale!r}, which is "
+                             f"{in_float32} in float32")
+    return float(scale)
+
+
 class Likelihood(ABC):
     """An output likelihood p(y | params): params (..., num_params * D) from a network, y (..., D)."""
 
@@ -249,11 +265,7 @@ class Gaussian(Likelihood):
     support = "the finite reals"
 
     def __init__(self, scale: float | None = None):
-        if scale is not None:
-            if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale) or scale <= 0:
-                raise ValueError(f"scale must be a positive finite float or None (learned), not {scale!r}")
-            scale = float(scale)
-        self.scale = scale
+        self.scale = _fixed_scale(scale)
 
     @property
     def num_params(self) -> int:
@@ -344,11 +356,82 @@ class ContinuousBernoulli(Likelihood):
         return (y >= 0) & (y <= 1)
 
 
-LIKELIHOODS: dict[str, type[Likelihood]] = {cls.name: cls for cls in (Bernoulli, Gaussian, ContinuousBernoulli)}
+class Laplace(Likelihood):
+    """Independent Laplace distributions with location mu_i and scale b_i:
+
+        p(y_i | mu_i, b_i) = exp(-|y_i - mu_i| / b_i) / (2 b_i),
+        log p(y | mu, b) = sum_i [ -log(2 b_i) - |y_i - mu_i| / b_i ].
+
+    scale=None (the default) learns the scale: num_params 2, params = [loc (D), raw (D)] split with
+    chunk(2, -1), b = softplus(raw) + MIN_SCALE, as for Gaussian. A positive float fixes it: num_params 1,
+    params = loc; a scale that float32 rounds to 0 or inf is refused. E[y] = mu (and the median); the
+    variance is 2 b^2. Heavier tails than the Gaussian: a Laplace decoder's loss is the absolute error, which
+    outliers pull on less than the squared error.
+    """
+
+    name = "laplace"
+    support = "the finite reals"
+
+    def __init__(self, scale: float | None = None):
+        self.scale = _fixed_scale(scale, also_float32=True)
+
+    @property
+    def num_params(self) -> int:
+        return 2 if self.scale is None else 1
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "scale": self.scale}
+
+    def loc_scale(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """(loc, scale) from params: chunk(2, -1) and softplus(raw) + MIN_SCALE, or (params, the fixed scale)."""
+        self._event_size(params)
+        if self.scale is not None:
+            return params, self.scale
+        loc, raw = params.chunk(2, dim=-1)
+        return loc, F.softplus(raw) + MIN_SCALE
+
+    def log_prob(self, params: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p = sum_i [ -log(2 b_i) - |y_i - mu_i| / b_i ] -> (...)."""
+        self._check_shapes(params, y)
+        loc, scale = self.loc_scale(params)
+        log_two_scale = math.log(2.0 * scale) if isinstance(scale, float) else (2.0 * scale).log()
+        return -(log_two_scale + (y - loc).abs() / scale).sum(-1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[y] = loc."""
+        return self.loc_scale(params)[0]
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """y = F^-1(u) with u ~ U[0, 1) (inverse-CDF sampling): the CDF F(y) = e^{(y - mu)/b} / 2 below mu and
+        1 - e^{-(y - mu)/b} / 2 above it, so
+
+            F^-1(u) = mu + b log(2 u)              for u < 1/2,
+            F^-1(u) = mu - b log(2 (1 - u))        for u >= 1/2,
+
+        each tail computed on its own side (1 - u is exact for u >= 1/2, so neither tail loses digits). A draw
+        u = 0, which torch.rand can give, is raised to eps / 2 (2^-24 in float32, 2^-53 in float64: torch.rand's
+        smallest positive value on the CPU, and 1 - u's smallest), so every sample is finite and the two tails
+        end at the same distance from mu."""
+        with torch.no_grad():
+            loc, scale = self.loc_scale(params)
+            u = torch.rand(loc.shape, dtype=loc.dtype, device=loc.device, generator=generator)
+            u = u.clamp(min=torch.finfo(loc.dtype).eps / 2)
+            lower = u < 0.5
+            half_tail = torch.where(lower, u, 1.0 - u)  # the mass beyond y on its side of mu, in (0, 1/2]
+            sign = torch.where(lower, 1.0, -1.0).to(loc.dtype)
+            return loc + scale * sign * torch.log(2.0 * half_tail)
+
+    def _in_support(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(y, dtype=torch.bool)  # every finite value
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {cls.name: cls for cls in (Bernoulli, Gaussian, ContinuousBernoulli,
+                                                                        Laplace)}
 
 
 def by_name(name: str, **options: Any) -> Likelihood:
-    """The likelihood called name ("bernoulli", "gaussian", "continuous-bernoulli"), built with options."""
+    """The likelihood called name ("bernoulli", "gaussian", "continuous-bernoulli", "laplace"), built with
+    options."""
     if name not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {name!r}; the choices are {', '.join(map(repr, LIKELIHOODS))}")
     try:

@@ -17,6 +17,7 @@ from cvae.likelihoods import (
     Bernoulli,
     ContinuousBernoulli,
     Gaussian,
+    Laplace,
     by_name,
     continuous_bernoulli_icdf,
     continuous_bernoulli_log_normalizer,
@@ -26,7 +27,7 @@ from cvae.likelihoods import (
 
 S, N, D = 3, 4, 5
 DTYPES = [torch.float64, torch.float32]
-ALL = [Bernoulli(), Gaussian(), Gaussian(scale=0.3), ContinuousBernoulli()]
+ALL = [Bernoulli(), Gaussian(), Gaussian(scale=0.3), ContinuousBernoulli(), Laplace(), Laplace(scale=0.3)]
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -364,14 +365,25 @@ def test_by_name():
     assert by_name("gaussian") == Gaussian()
     assert by_name("gaussian", scale=0.5) == Gaussian(scale=0.5)
     assert by_name("continuous-bernoulli") == ContinuousBernoulli()
+    assert by_name("laplace") == Laplace() and by_name("laplace", scale=0.5) == Laplace(scale=0.5)
+
+
+def test_the_configs_and_reprs_of_laplace():
+    assert Laplace().config() == {"name": "laplace", "scale": None}
+    assert Laplace(scale=0.1).config() == {"name": "laplace", "scale": 0.1}
+    assert repr(Laplace()) == "Laplace(scale=None)" and repr(Laplace(scale=0.1)) == "Laplace(scale=0.1)"
+    assert Laplace(scale=0.1) != Laplace() and Laplace() != Gaussian()
+    assert Laplace().num_params == 2 and Laplace(scale=1.0).num_params == 1
 
 
 def test_unknown_names_and_bad_configs_are_rejected():
     with pytest.raises(ValueError, match="unknown likelihood 'poisson'; the choices are 'bernoulli', 'gaussian', "
-                                         "'continuous-bernoulli'"):
+                                         "'continuous-bernoulli', 'laplace'"):
         by_name("poisson")
     with pytest.raises(ValueError, match="unknown likelihood"):
-        from_config({"name": "laplace"})
+        from_config({"name": "student-t"})
+    with pytest.raises(ValueError, match="scale must be"):
+        from_config({"name": "laplace", "scale": 0})
     with pytest.raises(ValueError, match="a dict with a 'name'"):
         from_config({"scale": 0.1})
     with pytest.raises(ValueError, match="bad options"):
@@ -392,7 +404,7 @@ def test_log_prob_gradients_flow_to_params(likelihood):
     if isinstance(likelihood, ContinuousBernoulli):
         params[0, 0] = torch.tensor([0.03, -0.5, 25.0], dtype=torch.float64)  # series, closed form, large
     params.requires_grad_(True)
-    if isinstance(likelihood, Gaussian):
+    if isinstance(likelihood, (Gaussian, Laplace)):
         y = torch.randn(2, 3, generator=gen(1), dtype=torch.float64)
     elif isinstance(likelihood, Bernoulli):
         y = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
@@ -422,3 +434,108 @@ def test_the_continuous_bernoullis_bound_maps_params_to_logits_within_it_and_kee
     for bad in (0, -1.0, float("inf"), "20", True):
         with pytest.raises(ValueError, match="max_logit"):
             ContinuousBernoulli(max_logit=bad)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Laplace: log p = -log(2 b) - |y - mu| / b per dimension, inverse-CDF sampling
+# ---------------------------------------------------------------------------------------------------------
+
+
+def softplus_inverse(scale: torch.Tensor) -> torch.Tensor:
+    """raw with softplus(raw) + MIN_SCALE = scale."""
+    return torch.log(torch.expm1(scale - 1e-4))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_laplace_learned_scale_log_prob_matches_torch_distributions(dtype):
+    likelihood = Laplace()
+    assert likelihood.num_params == 2
+    params = random_params(2, dtype)
+    y = torch.randn(N, D, generator=gen(1), dtype=dtype) * 3
+    loc, raw = params.double()[..., :D], params.double()[..., D:]
+    expected = td.Laplace(loc, F.softplus(raw) + 1e-4).log_prob(y.double()).sum(-1)
+    got = likelihood.log_prob(params, y)
+    assert got.shape == (S, N) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, **tolerances(dtype))
+    loc_out, scale_out = likelihood.loc_scale(params)
+    torch.testing.assert_close(loc_out, params[..., :D])
+    torch.testing.assert_close(scale_out, F.softplus(params[..., D:]) + 1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_laplace_fixed_scale_log_prob_matches_torch_distributions(dtype):
+    likelihood = Laplace(scale=0.3)
+    assert likelihood.num_params == 1
+    loc = random_params(1, dtype)
+    y = torch.randn(N, D, generator=gen(1), dtype=dtype)
+    expected = td.Laplace(loc.double(), 0.3).log_prob(y.double()).sum(-1)
+    got = likelihood.log_prob(loc, y)
+    assert got.shape == (S, N) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, **tolerances(dtype))
+
+
+def test_laplace_min_scale_and_shapes():
+    params = torch.tensor([[0.0, -200.0]], dtype=torch.float64)  # a very negative raw scale: b = MIN_SCALE
+    assert Laplace().loc_scale(params)[1].item() == pytest.approx(1e-4)
+    assert torch.isfinite(Laplace().log_prob(params, torch.tensor([[1e-3]], dtype=torch.float64))).all()
+    with pytest.raises(ValueError, match=r"Laplace\(scale=None\) needs 2 parameters per dimension of y"):
+        Laplace().log_prob(torch.zeros(N, D + 1), torch.zeros(N, D))
+    with pytest.raises(ValueError, match="multiple of 2"):
+        Laplace().mean(torch.zeros(N, 3))
+
+
+@pytest.mark.parametrize("logit", [-3.0, 0.0, 2.0])
+def test_laplace_density_integrates_to_one_and_its_mean_is_loc(logit):
+    params = torch.tensor([[logit, 0.5]], dtype=torch.float64)  # loc, raw scale
+    likelihood = Laplace()
+    density = lambda t: math.exp(likelihood.log_prob(params, torch.tensor([[t]], dtype=torch.float64)))  # noqa: E731
+    total = scipy.integrate.quad(density, -math.inf, logit)[0] + scipy.integrate.quad(density, logit, math.inf)[0]
+    assert total == pytest.approx(1.0, abs=1e-10)
+    first = (scipy.integrate.quad(lambda t: t * density(t), -math.inf, logit)[0]
+             + scipy.integrate.quad(lambda t: t * density(t), logit, math.inf)[0])
+    assert first == pytest.approx(likelihood.mean(params).item(), abs=1e-9)
+
+
+@pytest.mark.parametrize("likelihood", [Laplace(), Laplace(scale=0.3)], ids=repr)
+def test_laplace_mean_and_samples(likelihood):
+    n = 20_000
+    loc = torch.tensor([-3.0, 0.0, 2.0], dtype=torch.float64)
+    if likelihood.scale is None:
+        scale = torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64)
+        params = torch.cat([loc, softplus_inverse(scale)]).expand(n, -1)
+    else:
+        scale = torch.full_like(loc, 0.3)
+        params = loc.expand(n, -1)
+    torch.testing.assert_close(likelihood.mean(params[0]), loc)
+    samples = likelihood.sample(params, generator=gen(2))
+    assert samples.shape == (n, 3) and samples.dtype == torch.float64
+    std = math.sqrt(2) * scale  # the variance is 2 b^2
+    assert ((samples.mean(0) - loc).abs() < 4 * std / math.sqrt(n)).all()
+    torch.testing.assert_close(samples.std(0), std, rtol=0.04, atol=0)
+    for j in range(3):
+        cdf = scipy.stats.laplace(loc=loc[j].item(), scale=scale[j].item()).cdf
+        assert scipy.stats.kstest(samples[:, j].numpy(), cdf).pvalue > 1e-3, j
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_laplace_samples_are_torch_distributions_inverse_cdf_of_the_generators_uniforms(dtype):
+    """sample draws u = torch.rand(loc.shape, generator) and returns F^-1(u): the same as torch's Laplace.icdf."""
+    params = random_params(2, dtype)
+    loc, scale = Laplace().loc_scale(params)
+    u = torch.rand(loc.shape, generator=gen(9), dtype=dtype)
+    expected = td.Laplace(loc.double(), scale.double()).icdf(u.double())
+    got = Laplace().sample(params, generator=gen(9))
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), expected, **tolerances(dtype))
+
+
+@pytest.mark.parametrize("scale", [0, 0.0, -1.0, float("nan"), float("inf"), "0.1", True, [0.1], 1e-50, 1e39])
+def test_laplace_rejects_bad_scales(scale):
+    # 1e-50 and 1e39 are positive finite floats, but 0 and inf in float32
+    with pytest.raises(ValueError, match="scale must be a positive finite float"):
+        Laplace(scale=scale)
+
+
+def test_laplace_accepts_an_int_scale_as_a_float():
+    assert Laplace(scale=2).scale == 2.0 and isinstance(Laplace(scale=2).scale, float)
+
