@@ -1,8 +1,9 @@
 """The output likelihoods against independent references: torch.distributions, float64 closed forms,
-numerical quadrature (scipy), and Kolmogorov-Smirnov tests of the samplers."""
+numerical quadrature (scipy), and Kolmogorov-Smirnov and chi-square tests of the samplers."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from torch import distributions as td
 from cvae import likelihoods
 from cvae.likelihoods import (
     Bernoulli,
+    Categorical,
     ContinuousBernoulli,
     Gaussian,
     Laplace,
@@ -28,6 +30,7 @@ from cvae.likelihoods import (
 S, N, D = 3, 4, 5
 DTYPES = [torch.float64, torch.float32]
 ALL = [Bernoulli(), Gaussian(), Gaussian(scale=0.3), ContinuousBernoulli(), Laplace(), Laplace(scale=0.3)]
+EVERY = [*ALL, Categorical(2), Categorical(4)]  # with the likelihoods of integer y
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -226,7 +229,7 @@ def test_samples_have_the_right_mean_and_distribution():
         assert scipy.stats.kstest(column.numpy(), continuous_bernoulli_cdf(logit)).pvalue > 1e-3, logit
 
 
-@pytest.mark.parametrize("likelihood", ALL, ids=repr)
+@pytest.mark.parametrize("likelihood", EVERY, ids=repr)
 def test_samples_are_reproducible_and_use_only_the_generator(likelihood):
     params = torch.randn(100, 3 * likelihood.num_params, generator=gen(0))
     global_state = torch.get_rng_state()
@@ -341,7 +344,7 @@ def test_check_support_accepts_values_in_the_support():
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("likelihood", ALL, ids=repr)
+@pytest.mark.parametrize("likelihood", EVERY, ids=repr)
 def test_config_round_trip_through_json(likelihood):
     config = json.loads(json.dumps(likelihood.config()))
     rebuilt = from_config(config)
@@ -366,22 +369,31 @@ def test_by_name():
     assert by_name("gaussian", scale=0.5) == Gaussian(scale=0.5)
     assert by_name("continuous-bernoulli") == ContinuousBernoulli()
     assert by_name("laplace") == Laplace() and by_name("laplace", scale=0.5) == Laplace(scale=0.5)
+    assert by_name("categorical", num_classes=3) == Categorical(3)
 
 
-def test_the_configs_and_reprs_of_laplace():
+def test_the_configs_and_reprs_of_laplace_and_categorical():
     assert Laplace().config() == {"name": "laplace", "scale": None}
     assert Laplace(scale=0.1).config() == {"name": "laplace", "scale": 0.1}
+    assert Categorical(5).config() == {"name": "categorical", "num_classes": 5}
     assert repr(Laplace()) == "Laplace(scale=None)" and repr(Laplace(scale=0.1)) == "Laplace(scale=0.1)"
-    assert Laplace(scale=0.1) != Laplace() and Laplace() != Gaussian()
-    assert Laplace().num_params == 2 and Laplace(scale=1.0).num_params == 1
+    assert repr(Categorical(5)) == "Categorical(num_classes=5)"
+    assert Laplace(scale=0.1) != Laplace() and Laplace() != Gaussian() and Categorical(3) != Categorical(4)
+    assert Categorical(np.int64(3)) == Categorical(3) and type(Categorical(np.int64(3)).num_classes) is int
+    assert Laplace().num_params == 2 and Laplace(scale=1.0).num_params == 1 and Categorical(7).num_params == 7
+    assert Categorical(3).discrete and not any(likelihood.discrete for likelihood in ALL)
 
 
 def test_unknown_names_and_bad_configs_are_rejected():
     with pytest.raises(ValueError, match="unknown likelihood 'poisson'; the choices are 'bernoulli', 'gaussian', "
-                                         "'continuous-bernoulli', 'laplace'"):
+                                         "'continuous-bernoulli', 'laplace', 'categorical'"):
         by_name("poisson")
     with pytest.raises(ValueError, match="unknown likelihood"):
         from_config({"name": "student-t"})
+    with pytest.raises(ValueError, match="bad options.*num_classes"):
+        by_name("categorical")  # num_classes has no default
+    with pytest.raises(ValueError, match="num_classes must be"):
+        from_config({"name": "categorical", "num_classes": 1})
     with pytest.raises(ValueError, match="scale must be"):
         from_config({"name": "laplace", "scale": 0})
     with pytest.raises(ValueError, match="a dict with a 'name'"):
@@ -397,7 +409,7 @@ def test_unknown_names_and_bad_configs_are_rejected():
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("likelihood", ALL, ids=repr)
+@pytest.mark.parametrize("likelihood", EVERY, ids=repr)
 def test_log_prob_gradients_flow_to_params(likelihood):
     k = likelihood.num_params
     params = torch.randn(2, 2, k * 3, generator=gen(0), dtype=torch.float64) * 2
@@ -406,6 +418,8 @@ def test_log_prob_gradients_flow_to_params(likelihood):
     params.requires_grad_(True)
     if isinstance(likelihood, (Gaussian, Laplace)):
         y = torch.randn(2, 3, generator=gen(1), dtype=torch.float64)
+    elif isinstance(likelihood, Categorical):
+        y = torch.randint(0, likelihood.num_classes, (2, 3), generator=gen(1))
     elif isinstance(likelihood, Bernoulli):
         y = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
     else:
@@ -538,4 +552,137 @@ def test_laplace_rejects_bad_scales(scale):
 
 def test_laplace_accepts_an_int_scale_as_a_float():
     assert Laplace(scale=2).scale == 2.0 and isinstance(Laplace(scale=2).scale, float)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Categorical: params (..., K D) read as (..., D, K) logits, y integer class indices (..., D)
+# ---------------------------------------------------------------------------------------------------------
+
+K = 4
+
+
+def random_classes(shape: tuple[int, ...], k: int = K, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, k, shape, generator=gen(seed))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_categorical_log_prob_matches_torch_distributions(dtype):
+    likelihood = Categorical(K)
+    params = random_params(K, dtype)  # (S, N, K D)
+    y = random_classes((N, D))
+    logits = params.double().unflatten(-1, (D, K))  # dimension i's logits are params[..., i K:(i + 1) K]
+    expected = td.Categorical(logits=logits).log_prob(y).sum(-1)
+    got = likelihood.log_prob(params, y)
+    assert got.shape == (S, N) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, **tolerances(dtype))
+    # the same from the one-hot view of y
+    one_hot = td.OneHotCategorical(logits=logits).log_prob(F.one_hot(y, K).double()).sum(-1)
+    torch.testing.assert_close(got.double(), one_hot, **tolerances(dtype))
+    # any integer dtype holds the classes
+    torch.testing.assert_close(likelihood.log_prob(params, y.to(torch.int32)), got, rtol=0, atol=0)
+    torch.testing.assert_close(likelihood.log_prob(params, y.to(torch.uint8)), got, rtol=0, atol=0)
+
+
+def test_categorical_layout_puts_the_classes_of_each_dimension_together():
+    # D = 2, K = 3: dimension 0 has logits (0, 5, 0), dimension 1 has (0, 0, 5)
+    params = torch.tensor([[0.0, 5.0, 0.0, 0.0, 0.0, 5.0]], dtype=torch.float64)
+    likelihood = Categorical(3)
+    probabilities = likelihood.mean(params)
+    assert probabilities.shape == (1, 2, 3)
+    assert probabilities[0, 0].argmax() == 1 and probabilities[0, 1].argmax() == 2
+    best = likelihood.log_prob(params, torch.tensor([[1, 2]]))
+    assert best.item() == pytest.approx(2 * (5 - math.log(math.exp(5) + 2)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_categorical_mean_is_the_one_hot_mean(dtype):
+    params = random_params(K, dtype)
+    got = Categorical(K).mean(params)
+    assert got.shape == (S, N, D, K) and got.dtype == dtype
+    expected = td.OneHotCategorical(logits=params.double().unflatten(-1, (D, K))).mean
+    torch.testing.assert_close(got.double(), expected, **tolerances(dtype))
+    torch.testing.assert_close(got.sum(-1).double(), torch.ones(S, N, D, dtype=torch.float64), **tolerances(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_categorical_samples_have_the_class_frequencies(dtype):
+    n = 20_000
+    logits = torch.tensor([[0.0, 1.0, -1.0, 2.0], [3.0, -math.inf, 0.0, 0.0], [-20.0, 0.0, 0.0, -2.0]], dtype=dtype)
+    likelihood = Categorical(K)
+    params = logits.flatten().expand(n, -1)  # (n, K D) with D = 3
+    samples = likelihood.sample(params, generator=gen(3))
+    assert samples.shape == (n, 3) and samples.dtype == torch.int64
+    assert ((samples >= 0) & (samples < K)).all()
+    assert not (samples[:, 1] == 1).any()  # a class of logit -inf is never drawn
+    probabilities = td.Categorical(logits=logits.double()).probs  # (D, K)
+    for i in range(3):
+        counts = torch.bincount(samples[:, i], minlength=K).double()
+        frequency = counts / n
+        se = (probabilities[i] * (1 - probabilities[i]) / n).sqrt()
+        assert ((frequency - probabilities[i]).abs() <= 4 * se + 1e-12).all(), (i, frequency, probabilities[i])
+        possible = probabilities[i] > 1e-6
+        expected = probabilities[i][possible] * n
+        chi2 = scipy.stats.chisquare(counts[possible].numpy(), expected.numpy() * counts[possible].sum().item() / n)
+        assert chi2.pvalue > 1e-3, (i, counts)
+
+
+def test_categorical_samples_at_extreme_logits():
+    params = torch.tensor([[1e4, 0.0, -1e4, -1e4, 1e4, 0.0]]).expand(1000, -1)  # D = 2, K = 3
+    samples = Categorical(3).sample(params, generator=gen(4))
+    assert (samples[:, 0] == 0).all() and (samples[:, 1] == 1).all()
+
+
+def test_categorical_features_are_one_hot_and_flattened_probabilities():
+    likelihood = Categorical(3)
+    y = torch.tensor([[0, 2], [1, 1]])
+    features = likelihood.features(y)
+    assert features.shape == (2, 6) and likelihood.feature_dim(2) == 6
+    assert features.tolist() == [[1, 0, 0, 0, 0, 1], [0, 1, 0, 0, 1, 0]]
+    params = torch.randn(2, 6, generator=gen(0))
+    probabilities = likelihood.mean(params)
+    torch.testing.assert_close(likelihood.features(probabilities), probabilities.reshape(2, 6))
+    with pytest.raises(ValueError, match="class probabilities of shape"):
+        likelihood.features(torch.zeros(2, 2))
+    assert Gaussian().features(torch.ones(2, 2)).shape == (2, 2) and Gaussian().feature_dim(2) == 2
+
+
+@pytest.mark.parametrize("value, position", [(-1, (1, 0)), (K, (0, 2))])
+def test_categorical_check_support_names_the_argument_the_value_and_its_position(value, position):
+    y = torch.tensor([[0, 1, 2], [3, 0, 1]])
+    y[position] = value
+    with pytest.raises(ValueError, match=rf"targets has a value {value} at position \({position[0]}, {position[1]}\) "
+                                         rf"outside the class indices \{{0, \.\.\., {K - 1}\}}, the support of the "
+                                         rf"Categorical\(num_classes={K}\) likelihood"):
+        Categorical(K).check_support(y, name="targets")
+
+
+@pytest.mark.parametrize("y", [torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, float("nan")]]),
+                               torch.tensor([[True, False]]), torch.tensor([[0.0, 1.0]], dtype=torch.float64)],
+                         ids=["float32", "nan", "bool", "float64"])
+def test_categorical_check_support_rejects_y_that_is_not_an_integer_tensor(y):
+    with pytest.raises(ValueError, match=rf"targets must be an integer tensor of class indices .* got dtype "
+                                         rf"{re.escape(str(y.dtype))}; convert it with targets.long\(\)"):
+        Categorical(K).check_support(y, name="targets")
+    with pytest.raises(ValueError, match="y must be an integer tensor of class indices"):
+        Categorical(K).log_prob(torch.zeros(1, 2 * K), y)
+
+
+def test_categorical_check_support_accepts_class_indices_of_any_integer_dtype():
+    for dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        Categorical(K).check_support(torch.tensor([[0, K - 1], [1, 2]], dtype=dtype))
+
+
+@pytest.mark.parametrize("num_classes", [1, 0, -3, 2.0, "3", True, None, [3]])
+def test_categorical_rejects_bad_numbers_of_classes(num_classes):
+    expected = rf"num_classes must be an integer of at least 2, not {re.escape(repr(num_classes))}"
+    with pytest.raises(ValueError, match=expected):
+        Categorical(num_classes)
+
+
+def test_categorical_rejects_params_that_are_not_k_per_dimension():
+    with pytest.raises(ValueError, match="multiple of 4"):
+        Categorical(K).log_prob(torch.zeros(N, K * D + 1), random_classes((N, D)))
+    with pytest.raises(ValueError, match=r"Categorical\(num_classes=4\) needs 4 parameters per dimension of y, so y's "
+                                         r"last dimension must be 5"):
+        Categorical(K).log_prob(torch.zeros(N, K * D), random_classes((N, D + 1)))
 
