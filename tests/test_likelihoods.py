@@ -1,5 +1,6 @@
 """The output likelihoods against independent references: torch.distributions, float64 closed forms,
-numerical quadrature (scipy), and Kolmogorov-Smirnov and chi-square tests of the samplers."""
+numerical quadrature (scipy), and Kolmogorov-Smirnov and chi-square tests of the samplers; and a Categorical y
+(integer class indices) through the library: fit, sample, the estimators, a baseline, save and load."""
 
 import json
 import math
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import distributions as td
 
-from cvae import likelihoods
+from cvae import ConditionalVAE, Regressor, estimators, fit, likelihoods
 from cvae.likelihoods import (
     Bernoulli,
     Categorical,
@@ -686,3 +687,142 @@ def test_categorical_rejects_params_that_are_not_k_per_dimension():
                                          r"last dimension must be 5"):
         Categorical(K).log_prob(torch.zeros(N, K * D), random_classes((N, D + 1)))
 
+
+# ---------------------------------------------------------------------------------------------------------
+# A Categorical y through the library: fit, sample, the estimators, a baseline, save and load
+# ---------------------------------------------------------------------------------------------------------
+
+X_DIM, Y_DIM, CLASSES = 2, 2, 3
+
+
+def class_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (n, 2) and y (n, 2) int64: y_0 of 3 classes with logits (x_0, -x_0, x_1), y_1 = [x_1 > 0] or, a time
+    in four, class 2."""
+    generator = gen(seed)
+    x = torch.randn(n, X_DIM, generator=generator)
+    logits = torch.stack([x[:, 0], -x[:, 0], x[:, 1]], dim=-1)
+    first = (logits - torch.log(-torch.log(torch.rand(n, CLASSES, generator=generator)))).argmax(-1)
+    second = torch.where(torch.rand(n, generator=generator) < 0.25, 2, (x[:, 1] > 0).long())
+    return x, torch.stack([first, second], dim=-1)
+
+
+def categorical_model(seed: int = 0, **kwargs) -> ConditionalVAE:
+    torch.manual_seed(seed)
+    return ConditionalVAE(X_DIM, Y_DIM, z_dim=2, hidden=(16,), likelihood=Categorical(CLASSES), **kwargs)
+
+
+CLASS_TRAIN, CLASS_VAL = class_data(128, 0), class_data(64, 1)
+QUIET = {"progress": False, "batch_size": 32, "lr": 0.01}
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_categorical_conditional_vae_fits_samples_and_is_estimated(dtype):
+    model = categorical_model().to(dtype)
+    history = fit(model, CLASS_TRAIN, CLASS_VAL, epochs=2, **QUIET)
+    assert len(history) == 2 and all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in history)
+    x, y = CLASS_VAL[0].to(dtype), CLASS_VAL[1]  # y stays int64 whatever the model's dtype
+    draws = model.sample(x, 5, generator=gen(2))
+    assert draws.shape == (5, 64, Y_DIM) and draws.dtype == torch.int64
+    assert ((draws >= 0) & (draws < CLASSES)).all()
+    torch.testing.assert_close(model.sample(x, 5, generator=gen(2)), draws, rtol=0, atol=0)
+    means = model.sample(x, 5, mean=True)
+    assert means.shape == (5, 64, Y_DIM, CLASSES) and means.dtype == dtype
+    torch.testing.assert_close(means.sum(-1), torch.ones(5, 64, Y_DIM, dtype=dtype))
+    estimates = {f.__name__: f(model, x, y, 50, generator=gen(3), progress=False)
+                 for f in (estimators.cll_importance, estimators.cll_monte_carlo, estimators.negative_elbo)}
+    for name, estimate in estimates.items():
+        assert estimate.shape == (64,) and estimate.dtype == dtype and torch.isfinite(estimate).all(), name
+        assert (estimate > 0).all(), name  # -log p of a discrete y is positive
+    # importance sampling is the tightest bound: below -ELBO (per example, up to its noise), and all three close
+    assert estimates["cll_importance"].mean() <= estimates["negative_elbo"].mean() + 1e-6
+    assert (estimates["cll_importance"] - estimates["cll_monte_carlo"]).abs().mean() < 0.2
+    # the uniform guess is log 3 nats per dimension; after 2 epochs the model is in that range, not far off it
+    assert estimates["cll_importance"].mean() < 2 * Y_DIM * math.log(CLASSES)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_categorical_conditional_vae_sees_y_one_hot_and_scores_it_with_the_likelihood():
+    model = categorical_model().double()
+    x, y = CLASS_VAL[0][:6].double(), CLASS_VAL[1][:6]
+    assert model.recognition_net[0].in_features == X_DIM + Y_DIM * CLASSES
+    with torch.no_grad():
+        posterior = model.posterior(x, y)
+        reference = model.recognition_net(torch.cat([x, F.one_hot(y, CLASSES).flatten(-2).double()], dim=-1))
+        torch.testing.assert_close(posterior.loc, reference[:, :2], rtol=0, atol=0)
+        z = torch.randn(3, 6, 2, generator=gen(4), dtype=torch.float64)
+        params = model.params(x, z)
+        assert params.shape == (3, 6, Y_DIM * CLASSES)
+        expected = td.Categorical(logits=params.unflatten(-1, (Y_DIM, CLASSES))).log_prob(y).sum(-1)
+        torch.testing.assert_close(model.log_likelihood(x, y, z), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_categorical_targets_are_checked_by_fit_the_estimators_and_the_model():
+    model = categorical_model()
+    x, y = CLASS_TRAIN
+    with pytest.raises(ValueError, match=r"train\[1\] \(y\) must be an integer tensor of class indices .* got dtype "
+                                         r"torch.float32. Convert it with train\[1\] \(y\).long\(\)"):
+        fit(model, (x, y.float()), CLASS_VAL, epochs=1, **QUIET)
+    bad = CLASS_VAL[1].clone()
+    bad[5, 1] = CLASSES
+    with pytest.raises(ValueError, match=rf"val\[1\] \(y\) has a value {CLASSES} at position \(5, 1\) outside the "
+                                         r"class indices \{0, ..., 2\}"):
+        fit(model, CLASS_TRAIN, (CLASS_VAL[0], bad), epochs=1, **QUIET)
+    with pytest.raises(ValueError, match=r"y has a value -1 at position \(0, 0\)"):
+        estimators.cll_importance(model, x[:2], torch.tensor([[-1, 0], [0, 0]]), 2, progress=False)
+    with pytest.raises(ValueError, match=r"y must have shape \(N, y_dim=2\), got \(128, 3\)"):
+        estimators.negative_elbo(model, x, torch.zeros(128, 3, dtype=torch.long), 2, progress=False)
+    # a model of real-valued y still refuses integer y
+    gaussian = ConditionalVAE(X_DIM, Y_DIM, z_dim=2, hidden=(8,))
+    with pytest.raises(ValueError, match=r"train\[1\] \(y\) must be a floating-point tensor, got dtype torch.int64"):
+        fit(gaussian, CLASS_TRAIN, CLASS_VAL, epochs=1, **QUIET)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_categorical_regressor_baseline_feeds_its_class_probabilities_and_the_model_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    baseline = Regressor(X_DIM, Y_DIM, hidden=(8,), likelihood=Categorical(CLASSES))
+    fit(baseline, CLASS_TRAIN, CLASS_VAL, epochs=2, **QUIET)
+    x, y = CLASS_VAL
+    assert baseline(x).shape == (64, Y_DIM, CLASSES)
+    assert torch.isfinite(baseline.log_likelihood(x, y)).all()
+    model = categorical_model(baseline=baseline)
+    assert model.prior_net[0].in_features == X_DIM + Y_DIM * CLASSES  # c = [x, the probabilities flattened]
+    fit(model, CLASS_TRAIN, CLASS_VAL, epochs=1, **QUIET)
+    with torch.no_grad():
+        condition = model.context(x).condition
+    torch.testing.assert_close(condition, torch.cat([x, baseline(x).flatten(-2)], dim=-1))
+    assert torch.isfinite(estimators.cll_importance(model, x, y, 20, generator=gen(0), progress=False)).all()
+    model.save(tmp_path / "model.pt")
+    loaded = ConditionalVAE.load(tmp_path / "model.pt")
+    assert loaded.likelihood == Categorical(CLASSES) and loaded.baseline.likelihood == Categorical(CLASSES)
+    assert torch.equal(loaded.sample(x, 3, generator=gen(5)), model.sample(x, 3, generator=gen(5)))
+
+
+def test_mismatched_baselines_and_autoregression_are_refused_under_a_categorical_likelihood():
+    for baseline_likelihood, likelihood in ((Gaussian(), Categorical(3)), (Categorical(4), Categorical(3)),
+                                            (Categorical(3), Gaussian())):
+        baseline = Regressor(X_DIM, Y_DIM, hidden=(4,), likelihood=baseline_likelihood)
+        expected = rf"baseline= is a Regressor with the {re.escape(repr(baseline_likelihood))} likelihood, which"
+        with pytest.raises(ValueError, match=expected):
+            ConditionalVAE(X_DIM, Y_DIM, hidden=(4,), likelihood=likelihood, baseline=baseline)
+    ConditionalVAE(X_DIM, Y_DIM, hidden=(4,), likelihood=Laplace(),  # real-valued both: as before
+                   baseline=Regressor(X_DIM, Y_DIM, hidden=(4,), likelihood=Gaussian()))
+    term = torch.nn.Linear(1, 1)
+    with pytest.raises(ValueError, match=r"autoregression= works with the likelihoods of real-valued y only, not "
+                                         r"Categorical\(num_classes=3\)"):
+        ConditionalVAE(X_DIM, Y_DIM, hidden=(4,), likelihood=Categorical(3), autoregression=term)
+    with pytest.raises(ValueError, match="autoregression= works with the likelihoods of real-valued y only"):
+        Regressor(X_DIM, Y_DIM, hidden=(4,), likelihood=Categorical(3), autoregression=term)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_laplace_conditional_vae_fits_and_samples():
+    model = ConditionalVAE(X_DIM, 1, z_dim=2, hidden=(8,), likelihood=Laplace())
+    x = CLASS_TRAIN[0]
+    y = x[:, :1] + 0.3 * torch.randn(128, 1, generator=gen(6))
+    fit(model, (x, y), (x[:32], y[:32]), epochs=2, **QUIET)
+    draws = model.sample(x[:4], 3, generator=gen(7))
+    assert draws.shape == (3, 4, 1) and draws.dtype == torch.float32 and torch.isfinite(draws).all()
+    assert torch.isfinite(estimators.cll_importance(model, x[:8], y[:8], 10, progress=False)).all()
