@@ -7,8 +7,9 @@
 where c = x, or, with a ``baseline`` (the paper's recurrent connection, section 4, figure 1(d)), c =
 combine(x, y_hat) with y_hat = baseline(x) the prediction of a frozen deterministic net. ``combine`` is the
 concatenation [x, y] unless the user gives another module. Every net is an MLP built from ``hidden`` unless the
-user passes their own module, and the likelihood (``cvae.likelihoods``) is any of Bernoulli, Gaussian and
-continuous Bernoulli. The estimators (``cvae.estimators``), the objectives (``cvae.objectives``) and the trainer
+user passes their own module, and the likelihood (``cvae.likelihoods``) is any of Bernoulli, Gaussian,
+continuous Bernoulli, Laplace and Categorical (y of integer class indices, which the recognition net sees
+one-hot). The estimators (``cvae.estimators``), the objectives (``cvae.objectives``) and the trainer
 (``cvae.fit``) use only the methods below.
 
 The prior is a mixture of ``prior_components`` Gaussians (8 by default; the paper's is one Gaussian): where y has
@@ -29,7 +30,15 @@ from torch import nn
 from . import checkpoints, likelihoods
 from .distributions import DiagonalGaussian, GaussianMixture
 from .inputs import check_matrix, check_num_samples
-from .networks import Concatenate, ConcatGeneration, GenerationNet, fill_in_order, gaussian_head, mlp
+from .networks import (
+    Concatenate,
+    ConcatGeneration,
+    GenerationNet,
+    check_autoregression,
+    fill_in_order,
+    gaussian_head,
+    mlp,
+)
 from .regressor import Regressor, check_sizes
 
 CUSTOM_MODULES = ("recognition", "prior", "generation", "baseline", "combine", "autoregression")
@@ -75,12 +84,14 @@ class ConditionalVAE(nn.Module):
         self.x_dim, self.y_dim, self.z_dim, self.prior_components, self.hidden = check_sizes(
             x_dim, y_dim, hidden, z_dim=z_dim, prior_components=prior_components)
         self.likelihood = likelihoods.check_likelihood(likelihood)
+        check_autoregression(self.likelihood, autoregression)
+        _check_baseline_likelihood(baseline, self.likelihood)
         given = dict(recognition=recognition, prior=prior, generation=generation, baseline=baseline,
                      combine=combine, autoregression=autoregression)
         self.custom = sorted(name for name, module in given.items() if module is not None
                              and not (name == "baseline" and _rebuildable(module)))
         self.baseline = baseline.requires_grad_(False).eval() if baseline is not None else None
-        self.combine = combine if combine is not None else Concatenate(self.x_dim, self.y_dim)
+        self.combine = combine if combine is not None else Concatenate(self.x_dim, self.y_dim, self.likelihood)
         condition_dim = self.combine.out_dim if baseline is not None else self.x_dim
         num_outputs = self.likelihood.num_params * self.y_dim
         self.recognition_net = recognition if recognition is not None else mlp(
@@ -152,7 +163,8 @@ class ConditionalVAE(nn.Module):
         """Draws of y from p(y|x): z ~ p(z|x), then y ~ p(y|x,z); with ``mean``, E[y|x,z] instead of a draw of y
         (with an autoregressive term, each dimension's mean given the earlier ones).
 
-        x: (N, x_dim) -> (num_samples, N, y_dim).
+        x: (N, x_dim) -> (num_samples, N, y_dim); under a Categorical likelihood int64 class indices, and with
+        ``mean`` the class probabilities (num_samples, N, y_dim, K).
         """
         check_matrix(x, "x", self.x_dim, "x_dim", next(self.parameters()).dtype)
         check_num_samples(num_samples)
@@ -216,6 +228,20 @@ class ConditionalVAE(nn.Module):
 def _floating_dtype(state_dict: dict) -> torch.dtype:
     """The dtype of a state dict's floating-point tensors (a model saved in float64 loads in float64)."""
     return next((value.dtype for value in state_dict.values() if value.is_floating_point()), torch.float32)
+
+
+def _check_baseline_likelihood(baseline: nn.Module | None, likelihood: likelihoods.Likelihood) -> None:
+    """A Regressor baseline predicts y in the form the model's networks take it: real values (N, y_dim) for a
+    real-valued y, the class probabilities (N, y_dim, K) of the same K classes for a Categorical y."""
+    if not isinstance(baseline, Regressor):
+        return
+    theirs = baseline.likelihood
+    if theirs.discrete != likelihood.discrete or (likelihood.discrete and theirs != likelihood):
+        raise ValueError(f"baseline= is a Regressor with the {theirs!r} likelihood, which does not predict y in the "
+                         f"form that a ConditionalVAE with {likelihood!r} takes it: under a Categorical likelihood the "
+                         "baseline must be a Regressor with the same Categorical likelihood (its prediction, the class "
+                         "probabilities, enters flattened), and under a likelihood of real-valued y one of "
+                         "real-valued y")
 
 
 def _rebuildable(baseline: nn.Module) -> bool:

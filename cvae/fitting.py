@@ -42,7 +42,8 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
     the paper's); ``settings=TrainingSettings()`` starts from the paper's set-up instead, and keyword arguments
     override either.
 
-    train, val: (x, y) with x (N, x_dim) and y (N, y_dim), float tensors (moved to the model's device and dtype).
+    train, val: (x, y) with x (N, x_dim) and y (N, y_dim), float tensors (moved to the model's device and dtype);
+    under a Categorical likelihood y holds integer class indices (moved to the device, kept integer).
     objective: for a ConditionalVAE, "elbo" (eq. 4), "gsnn" (eq. 9), "hybrid" (eq. 10, weight ``alpha`` on the
     ELBO) or "iwae" (the importance-weighted bound with ``iw_samples`` samples); a Regressor is trained on its
     exact log-likelihood. Losses are in nats per example. After training the model holds the weights of the
@@ -72,8 +73,10 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
     for name, pair in (("train", train), ("val", val)):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise ValueError(f"{name} must be a pair (x, y) of tensors, got {type(pair).__name__}")
-        pair = [t.to(parameter.device, parameter.dtype) if isinstance(t, torch.Tensor) and t.is_floating_point()
-                else t for t in pair]
+        # floating tensors to the model's device and dtype; integer ones (a Categorical's class indices) to its
+        # device only, keeping their dtype
+        pair = [(t.to(parameter.device, parameter.dtype) if t.is_floating_point() else t.to(parameter.device))
+                if isinstance(t, torch.Tensor) else t for t in pair]
         check_data(model, *pair, names=(f"{name}[0] (x)", f"{name}[1] (y)"))
         pairs.append(tuple(pair))
     train, val = pairs

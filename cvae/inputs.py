@@ -8,17 +8,25 @@ from __future__ import annotations
 import torch
 
 
-def check_matrix(value: object, name: str, columns: int, what: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+def check_matrix(value: object, name: str, columns: int, what: str, dtype: torch.dtype | None = None, *,
+                 integer: bool = False) -> torch.Tensor:
     """value must be a floating-point tensor (N, columns) of finite numbers (of ``dtype``, the model's, when
-    given); returned unchanged. what: the name of the expected width in messages, e.g. "x_dim".
+    given), or with ``integer`` an integer tensor (N, columns) (class indices; any integer dtype but bool, and
+    ``dtype`` is not asked for); returned unchanged. what: the name of the expected width in messages, e.g.
+    "x_dim".
     """
     if not isinstance(value, torch.Tensor):
+        convert = "torch.long" if integer else "torch.float32"
         raise ValueError(f"{name} must be a torch.Tensor of shape (N, {what}={columns}), got a {type(value).__name__}. "
-                         f"Convert it with torch.as_tensor({name}, dtype=torch.float32).")
-    if not value.is_floating_point():
+                         f"Convert it with torch.as_tensor({name}, dtype={convert}).")
+    if integer:
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor of class indices (the likelihood is categorical), "
+                             f"got dtype {value.dtype}. Convert it with {name}.long() once it holds whole numbers.")
+    elif not value.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {value.dtype}. "
                          f"Convert it with {name}.float().")
-    if dtype is not None and value.dtype != dtype:
+    if dtype is not None and not integer and value.dtype != dtype:
         raise ValueError(f"{name} is {value.dtype} but the model is {dtype}: convert one of them, e.g. "
                          f"{name}.to({dtype}).")
     if value.dim() != 2 or value.shape[1] != columns:
@@ -35,11 +43,12 @@ def check_matrix(value: object, name: str, columns: int, what: str, dtype: torch
 
 
 def check_data(model: torch.nn.Module, x: object, y: object, names: tuple[str, str] = ("x", "y")) -> None:
-    """x (N, model.x_dim) and y (N, model.y_dim), finite, of the model's dtype, with y in the support of
-    model.likelihood."""
+    """x (N, model.x_dim) and y (N, model.y_dim), finite, with y in the support of model.likelihood. x is of the
+    model's dtype; so is y, unless the likelihood is discrete (``Likelihood.discrete``, Categorical): then y is
+    an integer tensor of class indices."""
     dtype = next(model.parameters()).dtype
     check_matrix(x, names[0], model.x_dim, "x_dim", dtype)
-    check_matrix(y, names[1], model.y_dim, "y_dim", dtype)
+    check_matrix(y, names[1], model.y_dim, "y_dim", dtype, integer=model.likelihood.discrete)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{names[0]} and {names[1]} must have the same number of rows (one per example), got "
                          f"{x.shape[0]} and {y.shape[0]}.")

@@ -1,12 +1,16 @@
-"""Output likelihoods p(y | params) for a decoder, written by hand: Bernoulli, Gaussian, continuous Bernoulli.
+"""Output likelihoods p(y | params) for a decoder, written by hand: Bernoulli, Gaussian, continuous Bernoulli,
+Laplace, Categorical.
 
 A decoder network outputs ``params`` of shape (..., num_params * D) for a target y of shape (..., D); a
 likelihood interprets them. Every likelihood has the same interface:
 
 - ``num_params``: parameters per output dimension the network must output;
+- ``discrete``: False for real-valued y (a floating-point tensor of the model's dtype), True for y of integer
+  class indices (Categorical; an integer tensor, whatever the model's dtype);
 - ``log_prob(params, y)``: log p(y | params) summed over y's last dimension -> (...);
-- ``mean(params)``: E[y] -> (..., D);
+- ``mean(params)``: E[y] -> (..., D) (Categorical: the class probabilities, (..., D, num_classes));
 - ``sample(params, generator)``: a draw (not reparameterized; all randomness from ``generator``) -> (..., D);
+- ``features(y)``: y as the networks that see it take it (y itself; Categorical: one-hot) -> (..., feature_dim(D));
 - ``check_support(y, name)``: ValueError naming the argument and the value when y is outside the support;
 - ``config()``: a JSON-able dict that ``from_config`` turns back into the likelihood.
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from fractions import Fraction
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -137,6 +141,21 @@ def _format_value(value: torch.Tensor) -> str:
     return repr(value.item())
 
 
+def _fixed_scale(scale: object, also_float32: bool = False) -> float | None:
+    """A fixed scale as a float, or None (learned); a ValueError for anything but a positive finite number (with
+    also_float32, also for one that float32 rounds to 0 or inf)."""
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite float or None (learned), not {scale!r}")
+    if also_float32:
+        in_float32 = torch.tensor(float(scale), dtype=torch.float32).item()  # rounds to 0 or inf without a warning
+        if not 0 < in_float32 < math.inf:
+            raise ValueError(f"scale must be a positive finite float or None (learned), not {scale!r}, which is "
+                             f"{in_float32} in float32")
+    return float(scale)
+
+
 class Likelihood(ABC):
     """An output likelihood p(y | params): params (..., num_params * D) from a network, y (..., D)."""
 
@@ -144,6 +163,7 @@ class Likelihood(ABC):
     support: str  # in words, for error messages
 
     num_params: int = 1  # parameters per output dimension that the network must output
+    discrete: bool = False  # y of integer class indices (True) or of real numbers in the model's dtype (False)
 
     @abstractmethod
     def log_prob(self, params: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -165,6 +185,15 @@ class Likelihood(ABC):
     def config(self) -> dict[str, Any]:
         """A JSON-able description that from_config turns back into this likelihood."""
         return {"name": self.name}
+
+    def features(self, y: torch.Tensor) -> torch.Tensor:
+        """y as the networks that see it take it (the recognition net's [x, y], the prior's [x, y_hat]): y itself
+        here -> (..., feature_dim(D))."""
+        return y
+
+    def feature_dim(self, y_dim: int) -> int:
+        """The width of features(y) for y of width y_dim."""
+        return y_dim
 
     def check_support(self, y: torch.Tensor, name: str = "y") -> None:
         """Raise ValueError naming the argument and the first offending value if y has a NaN, an inf, or a
@@ -248,11 +277,7 @@ class Gaussian(Likelihood):
     support = "the finite reals"
 
     def __init__(self, scale: float | None = None):
-        if scale is not None:
-            if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale) or scale <= 0:
-                raise ValueError(f"scale must be a positive finite float or None (learned), not {scale!r}")
-            scale = float(scale)
-        self.scale = scale
+        self.scale = _fixed_scale(scale)
 
     @property
     def num_params(self) -> int:
@@ -343,11 +368,176 @@ class ContinuousBernoulli(Likelihood):
         return (y >= 0) & (y <= 1)
 
 
-LIKELIHOODS: dict[str, type[Likelihood]] = {cls.name: cls for cls in (Bernoulli, Gaussian, ContinuousBernoulli)}
+class Laplace(Likelihood):
+    """Independent Laplace distributions with location mu_i and scale b_i:
+
+        p(y_i | mu_i, b_i) = exp(-|y_i - mu_i| / b_i) / (2 b_i),
+        log p(y | mu, b) = sum_i [ -log(2 b_i) - |y_i - mu_i| / b_i ].
+
+    scale=None (the default) learns the scale: num_params 2, params = [loc (D), raw (D)] split with
+    chunk(2, -1), b = softplus(raw) + MIN_SCALE, as for Gaussian. A positive float fixes it: num_params 1,
+    params = loc; a scale that float32 rounds to 0 or inf is refused. E[y] = mu (and the median); the
+    variance is 2 b^2. Heavier tails than the Gaussian: a Laplace decoder's loss is the absolute error, which
+    outliers pull on less than the squared error.
+    """
+
+    name = "laplace"
+    support = "the finite reals"
+
+    def __init__(self, scale: float | None = None):
+        self.scale = _fixed_scale(scale, also_float32=True)
+
+    @property
+    def num_params(self) -> int:
+        return 2 if self.scale is None else 1
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "scale": self.scale}
+
+    def loc_scale(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """(loc, scale) from params: chunk(2, -1) and softplus(raw) + MIN_SCALE, or (params, the fixed scale)."""
+        self._event_size(params)
+        if self.scale is not None:
+            return params, self.scale
+        loc, raw = params.chunk(2, dim=-1)
+        return loc, F.softplus(raw) + MIN_SCALE
+
+    def log_prob(self, params: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p = sum_i [ -log(2 b_i) - |y_i - mu_i| / b_i ] -> (...)."""
+        self._check_shapes(params, y)
+        loc, scale = self.loc_scale(params)
+        log_two_scale = math.log(2.0 * scale) if isinstance(scale, float) else (2.0 * scale).log()
+        return -(log_two_scale + (y - loc).abs() / scale).sum(-1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[y] = loc."""
+        return self.loc_scale(params)[0]
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """y = F^-1(u) with u ~ U[0, 1) (inverse-CDF sampling): the CDF F(y) = e^{(y - mu)/b} / 2 below mu and
+        1 - e^{-(y - mu)/b} / 2 above it, so
+
+            F^-1(u) = mu + b log(2 u)              for u < 1/2,
+            F^-1(u) = mu - b log(2 (1 - u))        for u >= 1/2,
+
+        each tail computed on its own side (1 - u is exact for u >= 1/2, so neither tail loses digits). A draw
+        u = 0, which torch.rand can give, is raised to eps / 2 (2^-24 in float32, 2^-53 in float64: torch.rand's
+        smallest positive value on the CPU, and 1 - u's smallest), so every sample is finite and the two tails
+        end at the same distance from mu."""
+        with torch.no_grad():
+            loc, scale = self.loc_scale(params)
+            u = torch.rand(loc.shape, dtype=loc.dtype, device=loc.device, generator=generator)
+            u = u.clamp(min=torch.finfo(loc.dtype).eps / 2)
+            lower = u < 0.5
+            half_tail = torch.where(lower, u, 1.0 - u)  # the mass beyond y on its side of mu, in (0, 1/2]
+            sign = torch.where(lower, 1.0, -1.0).to(loc.dtype)
+            return loc + scale * sign * torch.log(2.0 * half_tail)
+
+    def _in_support(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(y, dtype=torch.bool)  # every finite value
+
+
+class Categorical(Likelihood):
+    """Independent categoricals over num_classes = K classes, one per dimension of y, with the logits as params:
+
+        p(y_i = k | l_i) = softmax(l_i)_k = exp(l_ik) / sum_j exp(l_ij),
+        log p(y | l) = sum_i log_softmax(l_i)[y_i] = sum_i [ l_{i, y_i} - logsumexp_j l_ij ].
+
+    y holds integer class indices in {0, ..., K - 1} (an integer tensor, e.g. int64; not floats, whatever the
+    model's dtype). num_params is K: params (..., K D) are read as (..., D, K), the K logits of dimension i
+    contiguous (params.unflatten(-1, (D, K))). ``mean`` is E[one_hot(y)], the class probabilities softmax(l),
+    of shape (..., D, K) (not (..., D): the mean of a class index means nothing); ``sample`` gives int64 indices
+    (..., D). The networks that see y (the recognition net's [x, y]) see it one-hot, (..., D K) (``features``);
+    a baseline's prediction (the probabilities) is flattened to the same (..., D K).
+    """
+
+    name = "categorical"
+    discrete = True
+
+    def __init__(self, num_classes: int):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer of at least 2, not {num_classes!r}")
+        self.num_classes = int(num_classes)
+
+    @property
+    def num_params(self) -> int:
+        return self.num_classes
+
+    @property
+    def support(self) -> str:
+        return f"the class indices {{0, ..., {self.num_classes - 1}}}"
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "num_classes": self.num_classes}
+
+    def logits(self, params: torch.Tensor) -> torch.Tensor:
+        """params (..., K D) -> the logits (..., D, K)."""
+        size = self._event_size(params)
+        return params.unflatten(-1, (size, self.num_classes))
+
+    def log_prob(self, params: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """sum_i log_softmax(l_i)[y_i] -> (...): y (integer, broadcastable against (..., D)) picks each dimension's
+        log-probability."""
+        self._check_shapes(params, y)
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"y must be an integer tensor of class indices for {self!r}, got dtype {y.dtype}")
+        log_probs = torch.log_softmax(self.logits(params), dim=-1)
+        shape = torch.broadcast_shapes(log_probs.shape[:-1], y.shape)
+        index = y.long().expand(shape).unsqueeze(-1)
+        return log_probs.expand(*shape, self.num_classes).gather(-1, index).squeeze(-1).sum(-1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[one_hot(y)] = softmax(l): the class probabilities (..., D, K)."""
+        return torch.softmax(self.logits(params), dim=-1)
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """y_i = argmax_k (l_ik + g_ik) with g_ik = -log(-log u_ik), u_ik ~ U[0, 1) independent Gumbel noise (the
+        Gumbel-max trick: P(y_i = k) = softmax(l_i)_k) -> int64 (..., D). A class of logit -inf is never drawn.
+        The noise is drawn in params' dtype: in float32 (u a multiple of 2^-24) g stays below 16.6, so a class
+        whose logit trails the leading one by more than about 19 (probability below about 1e-8) is never drawn."""
+        with torch.no_grad():
+            logits = self.logits(params)
+            u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device, generator=generator)
+            return (logits - torch.log(-torch.log(u))).argmax(-1)
+
+    def features(self, y: torch.Tensor) -> torch.Tensor:
+        """One-hot: integer y (..., D) -> (..., D K), 1 at k = y_i in dimension i's block of K. Floating values of
+        (..., D, K) (the class probabilities, as a baseline's prediction mean(params) is) are flattened to the
+        same (..., D K): E[one_hot(y)]."""
+        if y.is_floating_point():
+            if y.dim() < 2 or y.shape[-1] != self.num_classes:
+                raise ValueError(f"{self!r} reads floating values as class probabilities of shape (..., D, "
+                                 f"{self.num_classes}), got {tuple(y.shape)}; class indices must be an integer tensor")
+            return y.flatten(-2)
+        return F.one_hot(y.long(), self.num_classes).flatten(-2)
+
+    def feature_dim(self, y_dim: int) -> int:
+        return y_dim * self.num_classes
+
+    def check_support(self, y: torch.Tensor, name: str = "y") -> None:
+        """Raise ValueError naming the argument unless y is an integer tensor whose values are all class indices in
+        {0, ..., K - 1}; the message gives the first offending value and its position."""
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor of class indices in {{0, ..., {self.num_classes - 1}}} "
+                             f"for the {self!r} likelihood, got dtype {y.dtype}; convert it with {name}.long() "
+                             f"(once it holds whole numbers)")
+        inside = self._in_support(y)
+        if not bool(inside.all()):
+            position = tuple((~inside).nonzero()[0].tolist())
+            raise ValueError(f"{name} has a value {y[position].item()} at position {position} outside {self.support}, "
+                             f"the support of the {self!r} likelihood")
+
+    def _in_support(self, y: torch.Tensor) -> torch.Tensor:
+        return (y >= 0) & (y < self.num_classes)
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {cls.name: cls for cls in (Bernoulli, Gaussian, ContinuousBernoulli,
+                                                                        Laplace, Categorical)}
 
 
 def by_name(name: str, **options: Any) -> Likelihood:
-    """The likelihood called name ("bernoulli", "gaussian", "continuous-bernoulli"), built with options."""
+    """The likelihood called name ("bernoulli", "gaussian", "continuous-bernoulli", "laplace", "categorical"),
+    built with options (Categorical needs num_classes)."""
     if name not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {name!r}; the choices are {', '.join(map(repr, LIKELIHOODS))}")
     try:

@@ -77,23 +77,43 @@ class ConcatGeneration(nn.Module):
 
 class Concatenate(nn.Module):
     """The default way x and y (or the baseline's prediction y_hat) enter the networks that see both:
-    [x, y] of shape (N, x_dim + y_dim)."""
+    [x, y] of shape (N, x_dim + y_dim). Given the likelihood, y enters as ``likelihood.features(y)`` in x's
+    dtype: y itself for real-valued y, one-hot (N, y_dim K) for a Categorical's class indices (and its
+    probabilities y_hat (N, y_dim, K) flattened to the same width), so out_dim = x_dim + feature_dim(y_dim)."""
 
-    def __init__(self, x_dim: int, y_dim: int):
+    def __init__(self, x_dim: int, y_dim: int, likelihood=None):
         super().__init__()
-        self.out_dim = x_dim + y_dim
+        self.likelihood = likelihood
+        self.out_dim = x_dim + (likelihood.feature_dim(y_dim) if likelihood is not None else y_dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.likelihood is not None and self.likelihood.discrete:
+            y = self.likelihood.features(y).to(x.dtype)
+            if y.shape[-1] != self.out_dim - x.shape[-1]:
+                raise ValueError(f"under {self.likelihood!r} y enters the networks one-hot and a baseline's prediction "
+                                 f"as class probabilities (N, y_dim, {self.likelihood.num_classes}), which give "
+                                 f"{self.out_dim - x.shape[-1]} features; got {y.shape[-1]}")
         return torch.cat([x, y], dim=-1)
+
+
+def check_autoregression(likelihood, autoregression: nn.Module | None) -> None:
+    """An autoregressive term needs real-valued y: fill_in_order writes each dimension's draw or mean into a y of
+    the params' dtype, and a Categorical's mean is a vector of class probabilities, not a value of y."""
+    if autoregression is not None and likelihood.discrete:
+        raise ValueError(f"autoregression= works with the likelihoods of real-valued y only, not {likelihood!r} "
+                         "(its class indices cannot be filled in one dimension at a time with their means); "
+                         "drop autoregression= or choose another likelihood")
 
 
 def fill_in_order(params: torch.Tensor, term: nn.Module, x: torch.Tensor, likelihood, num_dims: int,
                   mean: bool, generator: torch.Generator | None = None) -> torch.Tensor:
     """y drawn one dimension at a time under an autoregressive term: y_i from p(y_i | params + term(x, y_<i)),
-    or set to that factor's mean when ``mean``. The term of dimension i must depend on y_<i only.
+    or set to that factor's mean when ``mean``. The term of dimension i must depend on y_<i only. Real-valued
+    likelihoods only (check_autoregression).
 
     params: the generation net's output (..., N, P) -> y (..., N, num_dims).
     """
+    check_autoregression(likelihood, term)
     y = params.new_zeros(*params.shape[:-1], num_dims)
     for i in range(num_dims):
         full = params + term(x, y)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import likelihoods
-from .networks import fill_in_order, mlp
+from .networks import check_autoregression, fill_in_order, mlp
 
 
 def check_sizes(x_dim: object, y_dim: object, hidden: object, **more: object) -> tuple:
@@ -44,6 +44,7 @@ class Regressor(nn.Module):
         super().__init__()
         self.x_dim, self.y_dim, self.hidden = check_sizes(x_dim, y_dim, hidden)
         self.likelihood = likelihoods.check_likelihood(likelihood)
+        check_autoregression(self.likelihood, autoregression)
         self.custom = sorted(name for name, module in (("net", net), ("autoregression", autoregression))
                              if module is not None)
         self.net = net if net is not None else mlp([self.x_dim, *self.hidden, self.likelihood.num_params * self.y_dim])
@@ -59,7 +60,8 @@ class Regressor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The prediction y_hat = E[y|x]: (N, x_dim) -> (N, y_dim) (with an autoregressive term, each dimension's
-        mean given the means of the earlier ones)."""
+        mean given the means of the earlier ones); under a Categorical likelihood the class probabilities
+        (N, y_dim, K), E[one_hot(y)|x]."""
         if self.autoregression is None:
             return self.likelihood.mean(self.params(x))
         return fill_in_order(self.net(x).to(x.dtype), self.autoregression, x, self.likelihood, self.y_dim, mean=True)

@@ -1,7 +1,7 @@
 """The general ConditionalVAE (any x, y): the estimators against quadrature over a 1-d latent for each likelihood
-(and with a Regressor baseline, the recurrent connection), save/load, user-supplied modules (a convolutional
-generation net), input checks, ``fit`` (objectives, best weights, frozen baseline, seeds, resumption) and
-``sample``."""
+(and with a Regressor baseline, the recurrent connection, for a real-valued and a categorical y), save/load,
+user-supplied modules (a convolutional generation net), input checks, ``fit`` (objectives, best weights, frozen
+baseline, seeds, resumption) and ``sample``."""
 
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ NUM_SAMPLES = 200_000
 # The tests that need one Gaussian p(z|x) (closed-form KL, tuned trajectories) ask for it; the default is a mixture.
 GAUSSIAN_PRIOR = {"prior_components": 1}
 MIXTURE = 3  # components of the mixture-prior quadrature case
+CLASSES_Y = 3  # classes of each dimension of y in the categorical quadrature cases
 PLAIN_FIT = {"kl_warmup": 0, "lr_halving": 0}  # the fit tests pin the paper's plain training
 
 # likelihood, with a Regressor baseline, components of p(z|x), factor on the generation net's weights of z (so
@@ -75,6 +76,10 @@ QUADRATURE_CASES = {
     "continuous-bernoulli": (lambda: likelihoods.ContinuousBernoulli(max_logit=None), False, 1, 8.0),
     "gaussian-with-regressor-baseline": (likelihoods.Gaussian, True, 1, 3.0),
     "bernoulli-with-mixture-prior": (likelihoods.Bernoulli, False, MIXTURE, 4.0),
+    "laplace": (likelihoods.Laplace, False, 1, 1.5),
+    "laplace-fixed-scale": (lambda: likelihoods.Laplace(scale=0.7), False, 1, 1.5),
+    "categorical": (lambda: likelihoods.Categorical(CLASSES_Y), False, 1, 12.0),
+    "categorical-with-regressor-baseline": (lambda: likelihoods.Categorical(CLASSES_Y), True, 1, 3.0),
 }
 
 
@@ -83,14 +88,15 @@ def quadrature_model(likelihood: likelihoods.Likelihood, with_baseline: bool, co
     """A float64 CVAE with z_dim 1 and tiny nets whose log p(y|x,z) varies by a few nats over z, and whose
     recognition net is widened so that q(z|x,y) covers the true posterior."""
     torch.manual_seed(0)
-    baseline = Regressor(X_DIM, Y_DIM, hidden=(8,), likelihood=likelihoods.Gaussian()) if with_baseline else None
+    baseline_likelihood = likelihood if likelihood.discrete else likelihoods.Gaussian()  # predicts y in y's form
+    baseline = Regressor(X_DIM, Y_DIM, hidden=(8,), likelihood=baseline_likelihood) if with_baseline else None
     prior = GAUSSIAN_PRIOR if components == 1 else {"prior_components": components}
     model = ConditionalVAE(X_DIM, Y_DIM, z_dim=1, hidden=(8,), likelihood=likelihood, baseline=baseline, **prior)
     model = model.double().eval()
     with torch.no_grad():
         model.generation_net.from_z.weight.mul_(z_weight)
-        if isinstance(likelihood, likelihoods.Gaussian):  # a scale that varies little with z
-            model.generation_net.rest[-1][-1].weight[Y_DIM:].mul_(0.2)
+        if isinstance(likelihood, (likelihoods.Gaussian, likelihoods.Laplace)) and likelihood.scale is None:
+            model.generation_net.rest[-1][-1].weight[Y_DIM:].mul_(0.2)  # a scale that varies little with z
         model.recognition_net[-1].bias[1:].add_(1.0)
         if with_baseline:
             model.baseline.net[-1].weight.mul_(3.0)  # a prediction y_hat that varies with x
@@ -106,6 +112,8 @@ def quadrature_data(likelihood: likelihoods.Likelihood) -> tuple[torch.Tensor, t
         y = binary(N, Y_DIM, 2).double()
     elif isinstance(likelihood, likelihoods.ContinuousBernoulli):
         y = torch.rand(N, Y_DIM, generator=gen(2), dtype=torch.float64) * 0.98 + 0.01  # in (0, 1)
+    elif isinstance(likelihood, likelihoods.Categorical):
+        y = torch.randint(0, likelihood.num_classes, (N, Y_DIM), generator=gen(2))  # int64, whatever the model's
     else:
         y = torch.randn(N, Y_DIM, generator=gen(2), dtype=torch.float64)
     return x, y
@@ -135,11 +143,23 @@ def reference_prior(model: ConditionalVAE, condition: torch.Tensor) -> tuple[D.D
 
 
 def reference_condition(model: ConditionalVAE, x: torch.Tensor) -> torch.Tensor:
-    """c: x, or [x, y_hat] with y_hat the baseline Regressor's E[y|x] (the loc half of its Gaussian output)."""
+    """c: x, or [x, y_hat] with y_hat the baseline Regressor's E[y|x]: the loc half of its Gaussian output, or
+    under a Categorical likelihood the class probabilities of each dimension of y, flattened (E[one_hot(y)|x])."""
     if model.baseline is None:
         return x
-    y_hat = model.baseline.net(x).chunk(2, dim=-1)[0]
+    output = model.baseline.net(x)
+    if isinstance(model.likelihood, likelihoods.Categorical):
+        y_hat = D.Categorical(logits=output.unflatten(-1, (Y_DIM, model.likelihood.num_classes))).probs.flatten(-2)
+    else:
+        y_hat = output.chunk(2, dim=-1)[0]
     return torch.cat([x, y_hat], dim=-1)
+
+
+def reference_recognition_input(model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The rows [x, y] the recognition net sees: y one-hot under a Categorical likelihood."""
+    if isinstance(model.likelihood, likelihoods.Categorical):
+        y = F.one_hot(y, model.likelihood.num_classes).flatten(-2).to(x.dtype)
+    return torch.cat([x, y], dim=-1)
 
 
 def reference_params(model: ConditionalVAE, condition: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -155,6 +175,13 @@ def reference_log_prob(likelihood: likelihoods.Likelihood, params: torch.Tensor,
         return D.Bernoulli(logits=params).log_prob(y.expand_as(params)).sum(-1)
     if isinstance(likelihood, likelihoods.ContinuousBernoulli):
         return D.ContinuousBernoulli(logits=params).log_prob(y.expand_as(params)).sum(-1)
+    if isinstance(likelihood, likelihoods.Categorical):
+        return D.Categorical(logits=params.unflatten(-1, (Y_DIM, likelihood.num_classes))).log_prob(y).sum(-1)
+    if isinstance(likelihood, likelihoods.Laplace):
+        if likelihood.scale is not None:
+            return D.Laplace(params, likelihood.scale).log_prob(y).sum(-1)
+        loc, raw = params.chunk(2, dim=-1)
+        return D.Laplace(loc, F.softplus(raw) + 1e-4).log_prob(y).sum(-1)
     loc, raw = params.chunk(2, dim=-1)
     return D.Normal(loc, F.softplus(raw) + 1e-4).log_prob(y).sum(-1)
 
@@ -168,7 +195,7 @@ def integrals(model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, points: i
     integrated on the grid)."""
     condition = reference_condition(model, x)
     prior, gaussians = reference_prior(model, condition)
-    posterior = normal_head(model.recognition_net(torch.cat([x, y], dim=-1)))
+    posterior = normal_head(model.recognition_net(reference_recognition_input(model, x, y)))
     lo = min((d.loc - 12 * d.scale).min().item() for d in (gaussians, posterior))
     hi = max((d.loc + 12 * d.scale).max().item() for d in (gaussians, posterior))
     step = (hi - lo) / points
@@ -224,13 +251,15 @@ def test_the_networks_and_the_likelihood_are_what_the_reference_computes(quadrat
     and log_likelihood is the likelihood's log-density of the generation net's params."""
     model, x, y, _ = quadrature
     condition = reference_condition(model, x)
-    assert model.prior_net[0].in_features == (X_DIM + Y_DIM if model.baseline is not None else X_DIM)
+    y_width = model.likelihood.feature_dim(Y_DIM)  # Y_DIM, or Y_DIM K under a Categorical likelihood
+    assert model.prior_net[0].in_features == (X_DIM + y_width if model.baseline is not None else X_DIM)
+    assert model.recognition_net[0].in_features == X_DIM + y_width
     z = torch.randn(7, N, 1, generator=gen(3), dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model.prior(x).log_prob(z), reference_prior(model, condition)[0].log_prob(z),
                                    rtol=0, atol=1e-12)
         posterior = model.posterior(x, y)
-        reference_posterior = normal_head(model.recognition_net(torch.cat([x, y], -1)))
+        reference_posterior = normal_head(model.recognition_net(reference_recognition_input(model, x, y)))
         torch.testing.assert_close(posterior.loc, reference_posterior.loc, rtol=0, atol=1e-14)
         torch.testing.assert_close(posterior.scale, reference_posterior.scale, rtol=0, atol=1e-14)
         params = reference_params(model, condition, z)
