@@ -1,7 +1,7 @@
 """Saving and loading: atomic writes for every artifact, and checkpoints that load with weights_only=True.
 
-A checkpoint is a plain dict of tensors, numbers, strings and lists: ``{"kind", "config", "state_dict"}``
-for a trained model, plus the optimizer, epoch, step, early-stopping state and RNG states for a
+A checkpoint is a plain dict of tensors, numbers, strings and lists: ``{"model", "state_dict"}`` for a trained
+model (its record, cvae.records), plus the optimizer, epoch, step, early-stopping state and RNG states for a
 resumable training state. Nothing in it needs arbitrary unpickling, and anything that would is refused.
 """
 
@@ -215,21 +215,3 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not the dict this library "
                               "writes. Point at a checkpoint train.py wrote, or re-run training.")
     return obj
-
-
-# what a checkpoint written before an option existed was made with
-CHECKPOINT_DEFAULTS = {"autoregressive": False, "ar_window": 0, "likelihood": "bernoulli"}
-
-
-def expect_config(checkpoint: dict, expected: dict, path: str | Path) -> None:
-    """Refuse a checkpoint whose configuration differs from what the run's configuration says."""
-    config = CHECKPOINT_DEFAULTS | checkpoint.get("config", {})
-    wrong = {key: (config.get(key), value) for key, value in expected.items()
-             if config.get(key) != value}
-    if wrong:
-        details = ", ".join(f"{key} is {got!r} but the run says {want!r}"
-                            for key, (got, want) in wrong.items())
-        raise CheckpointError(
-            f"checkpoint {path} was made for another configuration: {details}. "
-            "Point at the run that made it, or re-run training."
-        )

@@ -21,13 +21,12 @@ the true likelihood). The KL term of the ELBO is then estimated by Monte Carlo (
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from . import checkpoints, likelihoods
+from . import likelihoods
 from .distributions import DiagonalGaussian, GaussianMixture
 from .inputs import check_matrix, check_num_samples
 from .networks import (
@@ -39,6 +38,7 @@ from .networks import (
     gaussian_head,
     mlp,
 )
+from .records import Recorded, qualified_name
 from .regressor import Regressor, check_sizes
 
 CUSTOM_MODULES = ("recognition", "prior", "generation", "baseline", "combine", "autoregression")
@@ -52,8 +52,11 @@ class Context(NamedTuple):
     autoregressive: torch.Tensor | None = None  # the autoregressive term given y, when y is known
 
 
-class ConditionalVAE(nn.Module):
+class ConditionalVAE(Recorded):
     """A conditional VAE: p(y|x) = integral p(y|x,z) p(z|x) dz, trained with the recognition net q(z|x,y).
+
+    ``save(path)`` writes its record (class and constructor arguments) and weights; ``ConditionalVAE.load(path)``
+    returns the model saved there (cvae.records).
 
     Args:
         x_dim, y_dim: widths of x and y; z_dim: of the latent z.
@@ -72,6 +75,8 @@ class ConditionalVAE(nn.Module):
         autoregression: a module (x, y) -> a term added to the generation net's output, where the term of y's
             dimension i may depend on y's dimensions before i only (the quadrant task's strong preset).
     """
+
+    LEGACY_KINDS = ("conditional_vae",)  # the checkpoints of earlier versions (cvae.records.legacy_record)
 
     def __init__(self, x_dim: int, y_dim: int, z_dim: int = 8, hidden: Sequence[int] = (128, 128),
                  likelihood: likelihoods.Likelihood | None = None, *, recognition: nn.Module | None = None,
@@ -175,59 +180,28 @@ class ConditionalVAE(nn.Module):
             return fill_in_order(params, self.autoregression, x, self.likelihood, self.y_dim, mean, generator)
         return self.likelihood.mean(params) if mean else self.likelihood.sample(params, generator)
 
-    # ---- saving and loading ---------------------------------------------------------------------------------
-    def config(self) -> dict:
-        """What rebuilds this model: sizes, likelihood, the baseline's config, the names of user modules."""
-        baseline = self.baseline.config() if self.baseline is not None and "baseline" not in self.custom else None
-        return {"x_dim": self.x_dim, "y_dim": self.y_dim, "z_dim": self.z_dim, "hidden": list(self.hidden),
-                "prior_components": self.prior_components, "likelihood": self.likelihood.config(),
-                "baseline": baseline, "custom": list(self.custom)}
+    # ---- saving and loading: the model's record (cvae.records) ------------------------------------------------
+    def arguments(self) -> dict:
+        """The constructor's arguments that rebuild this model: sizes, likelihood, and a baseline that its own record
+        rebuilds (``save`` / ``load``, cvae.records)."""
+        arguments = {"x_dim": self.x_dim, "y_dim": self.y_dim, "z_dim": self.z_dim, "hidden": list(self.hidden),
+                     "likelihood": self.likelihood, "prior_components": self.prior_components}
+        if self.baseline is not None and "baseline" not in self.custom:
+            arguments["baseline"] = self.baseline
+        return arguments
 
-    def checkpoint(self) -> dict:
-        return {"kind": "conditional_vae", "config": self.config(), "state_dict": self.state_dict()}
-
-    def save(self, path: str | Path) -> None:
-        """Write the config and the weights to ``path`` (atomically); ``ConditionalVAE.load`` reads it back."""
-        checkpoints.save(self.checkpoint(), path)
+    def user_modules(self) -> list[str]:
+        return list(self.custom)
 
     @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu", **modules: nn.Module) -> ConditionalVAE:
-        """The model saved at ``path`` (loaded with weights_only=True). A model built with modules of the
-        user's own (recognition=, prior=, ...) needs the same kind of modules passed again: their weights are
-        read from the file."""
-        checkpoint = checkpoints.load(path, map_location)
-        return cls.from_checkpoint(checkpoint, path, **modules)
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: dict, path: str | Path = "<checkpoint>",
-                        **modules: nn.Module) -> ConditionalVAE:
-        if checkpoint.get("kind") != "conditional_vae":
-            raise checkpoints.CheckpointError(f"{path} holds a {checkpoint.get('kind')!r} model, not a "
-                                              "ConditionalVAE saved by ConditionalVAE.save.")
-        config = checkpoint.get("config", {})
-        missing = sorted(set(config.get("custom", [])) - set(modules))
-        unknown = sorted(set(modules) - set(CUSTOM_MODULES))
-        if missing or unknown:
-            raise ValueError(
-                f"{path} holds a model built with modules of the user's own: pass "
-                f"{', '.join(f'{name}=...' for name in missing)} to ConditionalVAE.load, built as when it was saved"
-                if missing else f"ConditionalVAE.load takes modules named {', '.join(CUSTOM_MODULES)}; got {unknown}")
-        try:
-            if config.get("baseline") is not None:
-                modules["baseline"] = Regressor.from_config(config["baseline"])
-            model = cls(config["x_dim"], config["y_dim"], config["z_dim"], config["hidden"],
-                        likelihoods.from_config(config["likelihood"]), prior_components=config["prior_components"],
-                        **modules)
-            model.to(_floating_dtype(checkpoint["state_dict"])).load_state_dict(checkpoint["state_dict"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise checkpoints.CheckpointError(
-                f"{path} does not hold a model that can be rebuilt ({checkpoints.describe(error)}).") from None
-        return model
-
-
-def _floating_dtype(state_dict: dict) -> torch.dtype:
-    """The dtype of a state dict's floating-point tensors (a model saved in float64 loads in float64)."""
-    return next((value.dtype for value in state_dict.values() if value.is_floating_point()), torch.float32)
+    def legacy_record(cls, config: dict) -> dict:
+        """The record of a checkpoint of an earlier version, {"kind": "conditional_vae", "config": config}."""
+        arguments = {name: config[name] for name in ("x_dim", "y_dim", "z_dim", "hidden", "prior_components")}
+        arguments["likelihood"] = {"likelihood": config["likelihood"]}
+        if config.get("baseline") is not None:
+            arguments["baseline"] = {"model": Regressor.legacy_record(config["baseline"])}
+        return {"class": qualified_name(cls), "args": arguments,
+                "modules": list(config.get("custom", []))}
 
 
 def _check_baseline_likelihood(baseline: nn.Module | None, likelihood: likelihoods.Likelihood) -> None:
@@ -245,5 +219,6 @@ def _check_baseline_likelihood(baseline: nn.Module | None, likelihood: likelihoo
 
 
 def _rebuildable(baseline: nn.Module) -> bool:
-    """A baseline that save/load can rebuild from its config alone: a Regressor of default parts."""
-    return type(baseline) is Regressor and not baseline.custom
+    """A baseline that save/load can rebuild from its record alone: a model of the package without modules of the
+    user's own."""
+    return isinstance(baseline, Recorded) and not baseline.user_modules()

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import likelihoods
 from .networks import check_autoregression, fill_in_order, mlp
+from .records import Recorded, qualified_name
 
 
 def check_sizes(x_dim: object, y_dim: object, hidden: object, **more: object) -> tuple:
@@ -32,11 +33,13 @@ def check_sizes(x_dim: object, y_dim: object, hidden: object, **more: object) ->
     return (*sizes.values(), tuple(hidden))
 
 
-class Regressor(nn.Module):
+class Regressor(Recorded):
     """p(y|x) = likelihood(y; f(x)) with f an MLP (or the user's ``net``, (N, x_dim) -> (N, num_params * y_dim)).
 
     forward(x) is the prediction y_hat = E[y|x] (N, y_dim); log_likelihood(x, y) the exact log p(y|x) (N,).
     """
+
+    LEGACY_KINDS = ("regressor",)  # the checkpoints of earlier versions (cvae.records.legacy_record)
 
     def __init__(self, x_dim: int, y_dim: int, hidden: Sequence[int] = (128, 128),
                  likelihood: likelihoods.Likelihood | None = None, *, net: nn.Module | None = None,
@@ -70,16 +73,16 @@ class Regressor(nn.Module):
         """Exact log p(y|x) summed over y's dimensions: x (N, x_dim), y (N, y_dim) -> (N,)."""
         return self.likelihood.log_prob(self.params(x, y), y)
 
-    def config(self) -> dict:
-        return {"x_dim": self.x_dim, "y_dim": self.y_dim, "hidden": list(self.hidden),
-                "likelihood": self.likelihood.config(), "custom": list(self.custom)}
+    def arguments(self) -> dict:
+        """The constructor's arguments that rebuild this model (``save`` / ``load``, cvae.records)."""
+        return {"x_dim": self.x_dim, "y_dim": self.y_dim, "hidden": list(self.hidden), "likelihood": self.likelihood}
+
+    def user_modules(self) -> list[str]:
+        return list(self.custom)
 
     @classmethod
-    def from_config(cls, config: dict) -> Regressor:
-        if config.get("custom"):
-            raise ValueError(f"a Regressor with modules of the user's own ({config['custom']}) cannot be rebuilt "
-                             "from its config alone")
-        return cls(config["x_dim"], config["y_dim"], config["hidden"], likelihoods.from_config(config["likelihood"]))
-
-    def checkpoint(self) -> dict:
-        return {"kind": "regressor", "config": self.config(), "state_dict": self.state_dict()}
+    def legacy_record(cls, config: dict) -> dict:
+        """The record of a checkpoint of an earlier version, {"kind": "regressor", "config": config}."""
+        arguments = {name: config[name] for name in ("x_dim", "y_dim", "hidden")}
+        return {"class": qualified_name(cls), "args": arguments | {
+            "likelihood": {"likelihood": config["likelihood"]}}, "modules": list(config.get("custom", []))}

@@ -8,7 +8,6 @@ from conftest import command_module, invoke
 
 from cvae import CVAE, BaselineNet, QuadrantTask, checkpoints
 from cvae.distributions import bernoulli_log_likelihood
-from cvae.paper.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,7 +29,7 @@ def test_autoregressive_baseline_is_exact_and_sees_only_earlier_pixels():
     own = (bernoulli_log_likelihood(logit[:, None], changed[:, last, None])
            - bernoulli_log_likelihood(logit[:, None], y[:, last, None]))
     torch.testing.assert_close(diff, own)
-    rebuilt = build_model(model.checkpoint())
+    rebuilt = BaselineNet.from_checkpoint(model.checkpoint())
     torch.testing.assert_close(rebuilt.log_likelihood(x, y), model.log_likelihood(x, y))
     assert CVAE(BaselineNet(2, hidden=(16,)), 3, (16,)).baseline.autoregression is None
 
@@ -44,7 +43,7 @@ def test_the_control_script_trains_and_reports(mnist_dir: Path, tmp_path: Path):
     table = (tmp_path / "run/results.md").read_text()
     assert "| NN + autoregressive term (exact CLL) |" in table and "100 test images" in table
     assert "| NN + autoregressive term, true CLL of binarized outputs (exact) |" in table and "T = 1" in table
-    assert checkpoints.load(tmp_path / "run/q3/baseline.pt")["config"]["autoregressive"] is True
+    assert checkpoints.load(tmp_path / "run/q3/baseline.pt")["model"]["args"]["autoregressive"] is True
     status, err = invoke(script.main, [*argv[:-1], str(tmp_path / "run"), "--seed", "1"])
     assert status == 2 and "holds another run" in err
 

@@ -437,18 +437,16 @@ def test_a_default_model_round_trips_bit_identically_with_its_likelihood(tmp_pat
     model.save(path)
 
     raw = torch.load(path, weights_only=True)  # plain data: no pickled classes
-    assert raw["kind"] == "conditional_vae"
-    assert raw["config"] == model.config()
-    assert {key: raw["config"][key] for key in ("x_dim", "y_dim", "z_dim", "hidden", "likelihood", "baseline",
-                                                "custom")} == {
-        "x_dim": 3, "y_dim": 2, "z_dim": 2, "hidden": [8, 8], "likelihood": {"name": "gaussian", "scale": 0.1},
-        "baseline": None, "custom": []}
+    assert raw["model"] == model.record() == {
+        "class": "cvae.conditional_vae.ConditionalVAE",
+        "args": {"x_dim": 3, "y_dim": 2, "z_dim": 2, "hidden": [8, 8], "prior_components": 8,
+                 "likelihood": {"likelihood": {"name": "gaussian", "scale": 0.1}}}}
 
     loaded = ConditionalVAE.load(path)
     assert type(loaded) is ConditionalVAE
     assert loaded.likelihood == likelihoods.Gaussian(scale=0.1) and loaded.likelihood.scale == 0.1
     assert loaded.likelihood.num_params == 1
-    assert loaded.config() == model.config()
+    assert loaded.record() == model.record()
     assert_same_state(loaded, model)
     assert_same_outputs(model, loaded, *regression_data(5, 2))
 
@@ -457,7 +455,7 @@ def test_a_model_with_a_regressor_baseline_round_trips_with_the_baseline_rebuilt
     baseline = perturbed(Regressor(3, 2, hidden=(8,), likelihood=likelihoods.Bernoulli()), 1)
     model = perturbed(ConditionalVAE(3, 2, z_dim=2, hidden=(8,), likelihood=likelihoods.ContinuousBernoulli(),
                                      baseline=baseline), 2)
-    assert model.config()["baseline"] == baseline.config() and model.config()["custom"] == []
+    assert model.record()["args"]["baseline"] == {"model": baseline.record()} and "modules" not in model.record()
     path = tmp_path / "model.pt"
     model.save(path)
     loaded = ConditionalVAE.load(path)  # no module passed: the Regressor is rebuilt from the file
@@ -474,7 +472,7 @@ def test_a_model_with_a_regressor_baseline_round_trips_with_the_baseline_rebuilt
 
 def test_a_model_with_user_modules_loads_only_with_them_and_then_bit_identically(tmp_path):
     model = image_model(seed=0)
-    assert model.config()["custom"] == ["generation", "prior", "recognition"]
+    assert model.record()["modules"] == ["generation", "prior", "recognition"]
     path = tmp_path / "model.pt"
     model.save(path)
     with pytest.raises(ValueError, match="pass generation=..., prior=..., recognition=..."):
@@ -499,7 +497,7 @@ def test_a_baseline_of_the_users_own_must_be_passed_again(tmp_path):
         return Regressor(3, 2, hidden=(8,), net=nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 4)))
 
     model = perturbed(ConditionalVAE(3, 2, z_dim=2, hidden=(8,), baseline=baseline()), 4)
-    assert model.config()["custom"] == ["baseline"] and model.config()["baseline"] is None
+    assert model.record()["modules"] == ["baseline"] and "baseline" not in model.record()["args"]
     path = tmp_path / "model.pt"
     model.save(path)
     with pytest.raises(ValueError, match=r"pass baseline=\.\.\."):

@@ -49,8 +49,10 @@ def test_train_py_runs_the_paper_experiment_under_the_continuous_bernoulli_likel
     results = json.loads((run / "results.json").read_text())
     assert results["likelihood"] == "continuous-bernoulli"
     assert "continuous-bernoulli likelihood (a normalized density)" in (run / "results.md").read_text()
-    for name in ("baseline.pt", "cvae.pt"):
-        assert checkpoints.load(run / "q2" / name)["config"]["likelihood"] == "continuous-bernoulli"
+    baseline = checkpoints.load(run / "q2" / "baseline.pt")["model"]
+    assert baseline["args"]["likelihood"]["likelihood"]["name"] == "continuous-bernoulli"
+    cvae = checkpoints.load(run / "q2" / "cvae.pt")["model"]
+    assert cvae["args"]["baseline"]["model"] == baseline
     status, err = invoke(load_script("evaluate").main, [str(run), "--num-samples", "3", "--no-progress"])
     assert status == 0, err
     status, err = invoke(load_script("train").main, ["--likelihood", "gaussian"])

@@ -299,7 +299,7 @@ def _parse_idx(blob: bytes, path: Path, ndim: int) -> np.ndarray:
     dimensions, then each dimension as a 32-bit integer), then the bytes. DataError if it is anything else."""
     def refuse(problem: str) -> DataError:
         return DataError(f"{path} is not the IDX file expected ({problem}), although its MD5 is the one "
-                         "expected: the MD5 table was edited. Restore cvae/data.py's table, delete the file and "
+                         "expected: the MD5 table was edited. Restore cvae/paper/data.py's table, delete the file and "
                          "fetch it afresh with `python -m cvae.paper.data`.")
 
     header = 4 + 4 * ndim

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from cvae import checkpoints, distributed, precision
+from cvae import checkpoints, distributed, precision, records
 from cvae.likelihoods import by_name
 from cvae.regressor import Regressor
 from cvae.settings import TrainingSettings
@@ -26,7 +26,7 @@ from .cli import UserError
 from .config import RunConfig
 from .data import Splits
 from .evaluation import sharded_per_image_cll, summarize
-from .models import CVAE, BaselineNet, load_model, model_options
+from .models import CVAE, BaselineNet, expected_arguments, load_model
 from .quadrants import NUM_PIXELS, QuadrantTask
 from .runs import SettingPaths, setting_paths
 
@@ -54,13 +54,12 @@ def fit_settings(config: RunConfig, device: torch.device) -> TrainingSettings:
 
 
 def new_model(kind: str, k: int, config: RunConfig, baseline: BaselineNet | None = None) -> BaselineNet | CVAE:
-    """A new, untrained model of a run, from its configuration (``model_options``): the baseline, or the CVAE on
-    top of a trained baseline."""
-    options = model_options(kind, k, config)
+    """A new, untrained model of a run, from its configuration (``models.expected_arguments``): the baseline, or
+    the CVAE on top of a trained baseline."""
+    arguments = expected_arguments(kind, k, config)
     if kind == "baseline":
-        return BaselineNet(k, options["hidden"], options["autoregressive"], options["ar_window"],
-                           by_name(options["likelihood"]))
-    return CVAE(baseline, options["z_dim"], options["hidden"], options["autoregressive"], options["ar_window"])
+        return records.build({"class": records.qualified_name(BaselineNet), "args": arguments})
+    return CVAE(baseline, **{name: value for name, value in arguments.items() if name != "baseline"})
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvae import likelihoods
-from cvae.checkpoints import CHECKPOINT_DEFAULTS, CheckpointError, describe, expect_config, load
+from cvae.checkpoints import CheckpointError
 from cvae.conditional_vae import ConditionalVAE
+from cvae.records import encode, qualified_name
 from cvae.regressor import Regressor
 
 from .cli import UserError
@@ -74,6 +75,10 @@ class Autoregression(nn.Module):
         return F.linear(self.image(x, y), self.weight * self.mask)
 
 
+# what a checkpoint of an earlier version, written before an option existed, was made with
+LEGACY_DEFAULTS = {"autoregressive": False, "ar_window": 0, "likelihood": "bernoulli"}
+
+
 def autoregression_options(model: nn.Module) -> dict:
     """The constructor options that rebuild a model's autoregressive term: {"autoregressive", "ar_window"}."""
     term = model.autoregression
@@ -88,6 +93,8 @@ class BaselineNet(Regressor):
     Autoregression term a_i, and the likelihood is still exact.
     """
 
+    LEGACY_KINDS = ("baseline",)  # the checkpoints of earlier versions (cvae.records.legacy_record)
+
     def __init__(self, num_quadrants: int, hidden: Sequence[int] = (500, 500), autoregressive: bool = False,
                  ar_window: int = 0, likelihood: likelihoods.Likelihood | None = None):
         task = QuadrantTask(num_quadrants)
@@ -96,8 +103,21 @@ class BaselineNet(Regressor):
         self.task = task
         self.autoregression = Autoregression(task, ar_window) if autoregressive else None
 
-    def checkpoint(self) -> dict:
-        return model_checkpoint(self)
+    def arguments(self) -> dict:
+        return {"num_quadrants": self.task.num_quadrants, "hidden": list(self.hidden), "likelihood": self.likelihood,
+                **autoregression_options(self)}
+
+    def user_modules(self) -> list[str]:
+        return []
+
+    @classmethod
+    def legacy_record(cls, config: dict) -> dict:
+        """The record of a checkpoint of an earlier version, {"kind": "baseline", "config": config}."""
+        config = LEGACY_DEFAULTS | config
+        return {"class": qualified_name(cls), "args": {
+            "num_quadrants": config["num_quadrants"], "hidden": config["hidden"], "likelihood":
+                encode(likelihoods.by_name(config["likelihood"])),
+            "autoregressive": config["autoregressive"], "ar_window": config["ar_window"]}}
 
     @classmethod
     def from_run(cls, run_dir: str | Path, quadrants: int, device: str | torch.device = "cpu") -> BaselineNet:
@@ -117,6 +137,8 @@ class CVAE(ConditionalVAE):
     preset; the paper's model has none) the logits get an Autoregression term.
     """
 
+    LEGACY_KINDS = ("cvae",)  # the checkpoints of earlier versions (cvae.records.legacy_record)
+
     def __init__(self, baseline: BaselineNet, z_dim: int = 200, hidden: Sequence[int] = (500, 500),
                  autoregressive: bool = False, ar_window: int = 0):
         task = baseline.task
@@ -125,8 +147,22 @@ class CVAE(ConditionalVAE):
         self.task = task
         self.autoregression = Autoregression(task, ar_window) if autoregressive else None
 
-    def checkpoint(self) -> dict:
-        return model_checkpoint(self)
+    def arguments(self) -> dict:
+        return {"baseline": self.baseline, "z_dim": self.z_dim, "hidden": list(self.hidden),
+                **autoregression_options(self)}
+
+    def user_modules(self) -> list[str]:
+        return []
+
+    @classmethod
+    def legacy_record(cls, config: dict) -> dict:
+        """The record of a checkpoint of an earlier version, {"kind": "cvae", "config": config}."""
+        config = LEGACY_DEFAULTS | config
+        baseline = BaselineNet.legacy_record({"num_quadrants": config["num_quadrants"],
+                                              "hidden": config["baseline_hidden"], "likelihood": config["likelihood"]})
+        return {"class": qualified_name(cls), "args": {
+            "baseline": {"model": baseline}, "z_dim": config["z_dim"], "hidden": config["hidden"],
+            "autoregressive": config["autoregressive"], "ar_window": config["ar_window"]}}
 
     @classmethod
     def from_run(cls, run_dir: str | Path, quadrants: int, device: str | torch.device = "cpu") -> CVAE:
@@ -155,55 +191,46 @@ def _from_run(run_dir: str | Path, quadrants: int, kind: str, device: str | torc
     return load_model(path, kind, k, config, torch.device(device)).eval()
 
 
-def model_checkpoint(model: BaselineNet | CVAE) -> dict:
-    """The dict saved for a trained quadrant model: its kind, the configuration that builds it, its weights."""
-    config = {"num_quadrants": model.task.num_quadrants, "hidden": list(model.hidden),
-              "likelihood": model.likelihood.config()["name"]} | autoregression_options(model)
-    if isinstance(model, CVAE):
-        config.update(z_dim=model.z_dim, baseline_hidden=list(model.baseline.hidden))
-    kind = "cvae" if isinstance(model, CVAE) else "baseline"
-    return {"kind": kind, "config": config, "state_dict": model.state_dict()}
+def expected_arguments(kind: str, k: int, config: RunConfig) -> dict:
+    """The constructor arguments (as a record holds them, cvae.records) of a run's model of kind "baseline" or "cvae"
+    for setting k: the baseline never has the autoregressive term (cvae-sohn autoregressive-baseline's control is not
+    a run's model). Made from the configuration alone, without building a model (which would draw from torch's
+    global generator)."""
+    likelihood = encode(likelihoods.by_name(config.likelihood))
+    baseline = {"num_quadrants": k, "hidden": list(config.hidden), "likelihood": likelihood, "autoregressive": False,
+                "ar_window": 0}
+    if kind == "baseline":
+        return baseline
+    return {"baseline": {"model": {"class": qualified_name(BaselineNet), "args": baseline}}, "z_dim": config.z_dim,
+            "hidden": list(config.hidden), "autoregressive": config.autoregressive,
+            "ar_window": config.ar_window if config.autoregressive else 0}
 
 
-def build_model(checkpoint: dict, path: str | Path = "<checkpoint>") -> BaselineNet | CVAE:
-    """Rebuild a model from ``model_checkpoint``'s dict and load its weights."""
-    try:
-        kind, config = checkpoint["kind"], CHECKPOINT_DEFAULTS | checkpoint["config"]
-        k, likelihood = config["num_quadrants"], likelihoods.by_name(config["likelihood"])
-        if kind == "baseline":
-            model = BaselineNet(k, config["hidden"], config["autoregressive"], config["ar_window"], likelihood)
-        elif kind == "cvae":
-            baseline = BaselineNet(k, config["baseline_hidden"], likelihood=likelihood)
-            model = CVAE(baseline, config["z_dim"], config["hidden"], config["autoregressive"], config["ar_window"])
+MODEL_CLASSES = {"baseline": BaselineNet, "cvae": CVAE}  # a run's models by kind
+
+
+def load_model(path: Path, kind: str, k: int, config: RunConfig, device: torch.device) -> BaselineNet | CVAE:
+    """Load a run's best checkpoint of kind "baseline" or "cvae" and check that it is the model the run's
+    configuration makes for setting k (CheckpointError naming what differs)."""
+    model = MODEL_CLASSES[kind].load(path)
+    saved, expected = flat_arguments(model.record()["args"]), flat_arguments(expected_arguments(kind, k, config))
+    wrong = [f"{key} is {saved.get(key)!r} but the run says {value!r}" for key, value in expected.items()
+             if saved.get(key) != value]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path} was made for another configuration: {', '.join(wrong)}. Point at the "
+                              "run that made it, or re-run training.")
+    return model.to(device)
+
+
+def flat_arguments(arguments: dict, prefix: str = "") -> dict:
+    """A record's arguments with those of the models inside it under "name.": {"baseline.hidden": [...], ...}; a
+    likelihood by its name."""
+    flat = {}
+    for key, value in arguments.items():
+        if isinstance(value, dict) and "model" in value:
+            flat |= flat_arguments(value["model"]["args"], f"{prefix}{key}.")
+        elif isinstance(value, dict) and "likelihood" in value:
+            flat[prefix + key] = value["likelihood"].get("name")
         else:
-            raise KeyError(f"kind {kind!r}")
-        model.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise CheckpointError(
-            f"checkpoint {path} does not hold a model this library can build ({describe(error)}). "
-            "Point at the run that made it, or re-run training."
-        ) from None
-    return model
-
-
-def model_options(kind: str, k: int, config: RunConfig) -> dict:
-    """What a run's model of kind "baseline" or "cvae" for setting k is made of, as its checkpoint records it
-    (``models.model_checkpoint``): the baseline never has the autoregressive term (cvae-sohn autoregressive-baseline's
-    control is not a run's model)."""
-    autoregressive = kind == "cvae" and config.autoregressive
-    options = {"num_quadrants": k, "hidden": list(config.hidden), "likelihood": config.likelihood,
-               "autoregressive": autoregressive, "ar_window": config.ar_window if autoregressive else 0}
-    if kind == "cvae":
-        options["z_dim"] = config.z_dim
-    return options
-
-
-def load_model(path: Path, kind: str, k: int, config: RunConfig,
-               device: torch.device) -> BaselineNet | CVAE:
-    """Load a best checkpoint and check it matches the run's configuration for setting k."""
-    checkpoint = load(path)
-    if checkpoint.get("kind") != kind:
-        raise CheckpointError(
-            f"checkpoint {path} holds a {checkpoint.get('kind')!r} model, expected {kind!r}.")
-    expect_config(checkpoint, model_options(kind, k, config), path)
-    return build_model(checkpoint, path).to(device)
+            flat[prefix + key] = value
+    return flat

@@ -24,7 +24,7 @@ from .. import cli, run_lock
 from ..config import RunConfig
 from ..data import load_splits
 from ..experiment import fit_settings, remove_stale_temporaries, task_data
-from ..models import BaselineNet, build_model
+from ..models import BaselineNet
 from ..quadrants import QuadrantTask
 from ..report import table_header
 from ..runs import setting_paths
@@ -104,7 +104,7 @@ def control(args: argparse.Namespace, device, out: Path, stop: StopFlag | None) 
                 model = BaselineNet(k, config.hidden, autoregressive=True, ar_window=args.ar_window).to(device)
                 train_loop(model, train, val, settings, paths.baseline, paths.baseline_state, stop,
                            not args.no_progress, f"q{k} NN + autoregressive")
-                best = build_model(checkpoints.load(paths.baseline), paths.baseline).to(device)
+                best = BaselineNet.load(paths.baseline).to(device)
                 test = task_data(splits.test, task, config.binarize, device)
                 cll = mean_and_sem(exact_cll(best, *test))
                 cells.append(f"{cll['mean']:.2f} ± {cll['sem']:.2f}")
