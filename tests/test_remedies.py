@@ -8,7 +8,7 @@ import torch
 
 from cvae import CVAE, BaselineNet, QuadrantTask
 from cvae.distributions import kl_divergence_per_dimension
-from cvae.objectives import elbo, remedied_elbo_loss, training_loss
+from cvae.objectives import elbo, hybrid_objective, training_loss
 from cvae.settings import TrainingSettings
 from cvae.training import batch_loss, binarized, validation_loss
 
@@ -30,6 +30,12 @@ def model(ar_weights: float = 0.0) -> CVAE:
 
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(1)
+
+
+def remedied_elbo_loss(cvae: CVAE, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+                       **remedies: float) -> torch.Tensor:
+    """The training loss of the one ELBO with its remedies: the batch mean, negated."""
+    return -elbo(cvae, x, y, 1, generator, batch_mean=True, **remedies)
 
 
 def test_with_both_remedies_off_the_loss_is_the_negative_elbo():
@@ -101,3 +107,29 @@ def test_sample_targets_trains_on_draws_from_the_noise_generator_and_validates_o
     assert not torch.allclose(loss, training_loss(cvae, x, y, generator=gen()))
     first, second = validation_loss(cvae, (x, y), settings), validation_loss(cvae, (x, y), settings)
     assert first == second  # the same draws b (and z) at every epoch
+
+
+def test_free_bits_and_the_auxiliary_loss_are_quantities_of_a_batch():
+    cvae, (x, y) = model(), data()
+    for remedy in ({"free_bits": 0.1}, {"aux_weight": 0.5}):
+        with pytest.raises(ValueError, match="batch_mean=True and num_samples=1"):
+            elbo(cvae, x, y, 1, gen(), **remedy)
+        with pytest.raises(ValueError, match="batch_mean=True and num_samples=1"):
+            elbo(cvae, x, y, 2, gen(), batch_mean=True, **remedy)
+
+
+def test_the_pieces_of_a_batch_are_computed_once_for_every_objective(monkeypatch):
+    """The hybrid's ELBO and GSNN parts share the batch's context and prior: the baseline, the prior net and the
+    recognition net run once each."""
+    cvae, (x, y) = model(), data()
+    calls = {"context": 0, "posterior": 0, "prior": 0}
+    for name in calls:
+        method = getattr(cvae, name)
+
+        def counted(*args, _method=method, _name=name, **kwargs):
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+
+        monkeypatch.setattr(cvae, name, counted)
+    hybrid_objective(cvae, x, y, 0.5, gen())
+    assert calls == {"context": 1, "posterior": 1, "prior": 1}
