@@ -36,11 +36,10 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
         checkpoint_dir: str | Path | None = None, progress: bool = True, **options: Any) -> list[dict]:
     """Train ``model`` in place; return the per-epoch history [{"epoch", "train_loss", "val_loss", "seconds"}].
 
-    The training settings (``cvae.settings.TrainingSettings``, each a keyword argument here: epochs, patience,
-    batch_size, lr, seed, objective, alpha, iw_samples, lr_decay, kl_warmup, lr_halving, precision, sample_targets,
-    free_bits, aux_weight) are the ``anti_collapse`` set by default (patience 6, kl_warmup 10, lr_halving 2, the rest
-    the paper's); ``settings=TrainingSettings()`` starts from the paper's set-up instead, and keyword arguments
-    override either.
+    Every training setting (a field of ``cvae.settings.TrainingSettings``: its help says what each does) is a keyword
+    argument here, listed with its default by ``help(fit)``. The defaults are the ``anti_collapse`` set (patience 6,
+    kl_warmup 10, lr_halving 2, the rest the paper's); ``settings=TrainingSettings()`` starts from the paper's
+    set-up instead, and keyword arguments override either.
 
     train, val: (x, y) with x (N, x_dim) and y (N, y_dim), float tensors (moved to the model's device and dtype);
     under a Categorical likelihood y holds integer class indices (moved to the device, kept integer).

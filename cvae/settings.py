@@ -95,6 +95,8 @@ class TrainingSettings:
     batch_size: int = setting(128, "examples per step (under torchrun: the global batch, shared by the processes)",
                               integer(1))
     lr: float = setting(1e-3, "Adam's learning rate", real(lambda v: v > 0, "a positive finite number, e.g. 1e-3"))
+    weight_decay: float = setting(0.0, "Adam's L2 penalty on the weights (0: none, the paper's)",
+                                  real(lambda v: 0 <= v <= 1, "a number from 0 to 1, e.g. 1e-5"))
     seed: int = setting(0, "of the initial weights, the data order and the noise",
                         integer(0, MAX_SEED, f"an integer of at least 0 and at most {MAX_SEED}"))
     objective: str = setting(

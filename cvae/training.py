@@ -360,7 +360,8 @@ def train_loop(
     processes = Processes()
     stop = stop if stop is not None else StopFlag()  # one that is never requested
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=settings.lr, fused=device.type in FUSED_ADAM_DEVICES)
+    optimizer = torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.weight_decay,
+                                 fused=device.type in FUSED_ADAM_DEVICES)
     noise = processes.noise(device, settings.seed)
     arithmetic = resolve(settings.precision, device)
     state = TrainingState(settings.seed, EarlyStopping(settings.patience, settings.kl_warmup, settings.lr_halving))

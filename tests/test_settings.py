@@ -16,7 +16,8 @@ from cvae.paper.config import RUN_NAMES, RunConfig, add_run_options, given_optio
 from cvae.settings import NAMED, TrainingSettings
 
 # one value of each setting other than the default, that fit accepts for a ConditionalVAE with a Gaussian prior
-OTHER_VALUES = {"epochs": 2, "patience": 4, "batch_size": 16, "lr": 0.002, "seed": 3, "objective": "elbo",
+OTHER_VALUES = {"epochs": 2, "patience": 4, "batch_size": 16, "lr": 0.002, "weight_decay": 1e-4, "seed": 3,
+                "objective": "elbo",
                 "alpha": 0.25, "iw_samples": 3, "lr_decay": 0.9, "kl_warmup": 1, "lr_halving": 1, "precision": "bf16",
                 "sample_targets": True, "free_bits": 0.1, "aux_weight": 0.0}
 
@@ -91,3 +92,18 @@ def test_each_setting_is_checked_by_its_declaration(values, message):
 def test_numpy_numbers_are_taken_as_the_numbers_they_are():
     chosen = TrainingSettings(epochs=np.int64(5), lr=np.float32(0.5))
     assert chosen.epochs == 5 and type(chosen.epochs) is int and type(chosen.lr) is float
+
+
+def test_the_weight_decay_reaches_adam(monkeypatch):
+    made = []
+    adam = torch.optim.Adam
+
+    def recorded(parameters, **options):
+        made.append(options)
+        return adam(parameters, **options)
+
+    monkeypatch.setattr(torch.optim, "Adam", recorded)
+    model = ConditionalVAE(2, 3, z_dim=2, hidden=(4,))
+    x, y = torch.rand(20, 2), torch.rand(20, 3)
+    fit(model, (x, y), (x, y), progress=False, epochs=1, kl_warmup=0, weight_decay=0.01)
+    assert made[-1]["weight_decay"] == 0.01
