@@ -282,7 +282,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def failure(error: BaseException) -> tuple[str, int, bool] | None:
     """How run() reports a failure: (message, exit status, whether every process says it under torchrun), or None
     for an error that is a bug (its traceback is shown)."""
-    if isinstance(error, UserError) or _raised(error, "distributed.DistributedError"):
+    if isinstance(error, UserError) or _raised(error, "distributed.DistributedError", "locks.DirectoryInUse"):
         return f"error: {error}", EXIT_USAGE, False
     if _raised(error, "data.DataError", "checkpoints.CheckpointError", "checkpoints.RunFileError"):
         return f"error: {error}", EXIT_USAGE, True
