@@ -10,6 +10,7 @@ predictions are computed once per example, since it is frozen.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from . import checkpoints
+from .callbacks import Callbacks
 from .conditional_vae import ConditionalVAE
 from .inputs import check_data
 from .regressor import Regressor
@@ -33,7 +35,8 @@ def predictions(baseline: nn.Module, x: torch.Tensor, block: int = 4096) -> torc
 
 def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor], *, settings: TrainingSettings | None = None,
-        checkpoint_dir: str | Path | None = None, progress: bool = True, **options: Any) -> list[dict]:
+        checkpoint_dir: str | Path | None = None, progress: bool = True, callbacks: Sequence[object] | None = None,
+        **options: Any) -> list[dict]:
     """Train ``model`` in place; return the per-epoch history [{"epoch", "train_loss", "val_loss", "seconds"}].
 
     The training settings (``cvae.settings.TrainingSettings``, each a keyword argument here: epochs, patience,
@@ -62,12 +65,18 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
     written there, and the same call again continues an interrupted fit from that state (it loses at most one
     epoch); on a finished fit it trains nothing and returns its history.
 
+    callbacks: objects with some of on_train_start(epoch), on_epoch_end(epoch, metrics) and on_train_end(history)
+    (``cvae.callbacks``: CSVLogger, TensorBoardLogger); metrics hold the history's row, the learning rate and, for a
+    ConditionalVAE, the KL weight and the validation KL. An on_epoch_end that returns True stops training after
+    that epoch (a stop saved in checkpoint_dir's state: the same call again does not train past it).
+
     Once the arguments are checked, denormal floats are flushed to zero for the rest of the process
     (``torch.set_flush_denormal(True)``).
     """
     if not isinstance(model, (ConditionalVAE, Regressor)):
         raise ValueError(f"model must be a ConditionalVAE or a Regressor, got a {type(model).__name__}")
     settings = _settings(model, settings, options)
+    hooks = Callbacks(callbacks)  # checked before anything is done
     parameter = next(model.parameters())
     pairs = []
     for name, pair in (("train", train), ("val", val)):
@@ -91,7 +100,7 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
     if checkpoint_dir is not None:
         best_path, state_path = Path(checkpoint_dir) / "best.pt", Path(checkpoint_dir) / "state.pt"
     history = train_loop(model, train, val, settings, best_path, state_path, progress=progress,
-                         desc=type(model).__name__)
+                         desc=type(model).__name__, callbacks=hooks.given)
     if best_path is not None:
         model.load_state_dict(checkpoints.load(best_path, parameter.device)["state_dict"])
     return history
