@@ -455,7 +455,10 @@ def train_loop(
         bar.close()
 
         train_loss = losses.mean().item()
-        val_loss, val_kl = validation_metrics(model, val, settings, kl=bool(hooks))
+        if hooks:  # with the validation KL for the callbacks' metrics
+            val_loss, val_kl = validation_metrics(model, val, settings, kl=True)
+        else:
+            val_loss, val_kl = validation_loss(model, val, settings), None
         improved = state.early_stopping.update(epoch, val_loss)
         if improved:
             if best_path is None:
