@@ -41,7 +41,8 @@ def resolve(device: str | torch.device, given_as: str = "device") -> torch.devic
         return torch.device(next(kind for kind in KINDS if found[kind]))
     kind = name.split(":")[0]
     if kind not in found:
-        raise ValueError(f"{shown(name)} is not a device name: use auto, cpu, cuda (or cuda:N) or mps.")
+        quoted = f"{given_as} {name!r}" if given_as.startswith("-") else shown(name)
+        raise ValueError(f"{quoted} is not a device name: use auto, cpu, cuda (or cuda:N) or mps.")
     if not found[kind]:
         raise ValueError(f"{shown(name)} was asked for, but {kind} is not available on this machine (torch sees no "
                          f"such device). Use {shown('cpu')} or {shown('auto')}.")
