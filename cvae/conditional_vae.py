@@ -28,7 +28,7 @@ from torch import nn
 
 from . import likelihoods
 from .distributions import DiagonalGaussian, GaussianMixture
-from .inputs import check_matrix, check_num_samples
+from .inputs import check_generator, check_matrix, check_num_samples
 from .networks import (
     Concatenate,
     ConcatGeneration,
@@ -38,6 +38,7 @@ from .networks import (
     gaussian_head,
     mlp,
 )
+from .precision import autocast, resolve
 from .records import Recorded, qualified_name
 from .regressor import Regressor, check_sizes
 
@@ -164,15 +165,25 @@ class ConditionalVAE(Recorded):
 
     @torch.no_grad()
     def sample(self, x: torch.Tensor, num_samples: int = 1, *, generator: torch.Generator | None = None,
-               mean: bool = False) -> torch.Tensor:
+               mean: bool = False, precision: str = "fp32") -> torch.Tensor:
         """Draws of y from p(y|x): z ~ p(z|x), then y ~ p(y|x,z); with ``mean``, E[y|x,z] instead of a draw of y
         (with an autoregressive term, each dimension's mean given the earlier ones).
 
         x: (N, x_dim) -> (num_samples, N, y_dim); under a Categorical likelihood int64 class indices, and with
-        ``mean`` the class probabilities (num_samples, N, y_dim, K).
+        ``mean`` the class probabilities (num_samples, N, y_dim, K). x is moved to the model's device, where the
+        samples are (and ``generator`` must be); precision: "fp32", "bf16" or "auto", the arithmetic of the
+        networks' matrix products (``cvae.precision``).
         """
-        check_matrix(x, "x", self.x_dim, "x_dim", next(self.parameters()).dtype)
+        parameter = next(self.parameters())
+        check_matrix(x, "x", self.x_dim, "x_dim", parameter.dtype)
         check_num_samples(num_samples)
+        check_generator(generator, parameter.device)
+        x = x.to(parameter.device)
+        with autocast(resolve(precision, x.device), x.device):
+            return self._sample(x, num_samples, generator, mean)
+
+    def _sample(self, x: torch.Tensor, num_samples: int, generator: torch.Generator | None,
+                mean: bool) -> torch.Tensor:
         context = self.context(x)
         z = self.prior(x, context).rsample((num_samples,), generator=generator)
         params = self.params(x, z, context)

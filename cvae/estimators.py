@@ -12,6 +12,11 @@ estimate.) The first two are computed in log space with log-sum-exp. All three a
 samples in chunks, made one at a time, and the chunks' partial results are folded together every
 PENDING_ELEMENTS values, so memory stays bounded for any number of examples and any S. A long evaluation
 shows a progress bar over the samples on a terminal.
+
+Each runs where the model is: x and y are moved to its device (the values returned are there too), and a
+``generator`` must be on that device. ``precision`` is the arithmetic of the networks' matrix products, as in
+training (``cvae.precision``): "fp32" (the default), "bf16" (autocast; every log-density and sum stays in the
+data's dtype) or "auto" (bf16 where the device multiplies it natively and fast).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from tqdm.auto import tqdm
 
 from .conditional_vae import ConditionalVAE, Context
 from .distributions import DiagonalGaussian, GaussianMixture
-from .inputs import check_data, check_num_samples
+from .inputs import check_data, check_generator, check_num_samples
 from .objectives import latent_kl
+from .precision import autocast, resolve
 
 # Example-samples evaluated in one pass of the generation net. Kept small enough that every activation
 # stays under glibc's 32 MB mmap threshold: larger buffers are mapped fresh and page-faulted on every
@@ -59,12 +65,25 @@ def _reduce_samples(
     reduce: str,
     generator: torch.Generator | None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Per image, log-mean-exp (reduce="logmeanexp") or mean (reduce="mean") of the log-weights of
-    num_samples draws of z from the proposal ("prior" or "posterior"). x, y: (N, x_dim), (N, y_dim) -> (N,).
-    With progress, a bar over the samples when the work is large (PROGRESS_WORK) and stderr is a terminal."""
+    num_samples draws of z from the proposal ("prior" or "posterior"). x, y: (N, x_dim), (N, y_dim) -> (N,), on
+    the model's device. With progress, a bar over the samples when the work is large (PROGRESS_WORK) and stderr
+    is a terminal. precision: of the networks' matrix products (``cvae.precision.resolve``)."""
     check_num_samples(num_samples)
     check_data(model, x, y)
+    device = next(model.parameters()).device
+    check_generator(generator, device)
+    x, y = x.to(device), y.to(device)
+    with autocast(resolve(precision, device), device):
+        return _reduce_blocks(model, x, y, num_samples, proposal, log_weight, reduce, generator, progress)
+
+
+def _reduce_blocks(model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int, proposal: str,
+                   log_weight: LogWeight, reduce: str, generator: torch.Generator | None,
+                   progress: bool) -> torch.Tensor:
+    """``_reduce_samples`` on checked x, y on the model's device, block by block."""
 
     def combine(values: torch.Tensor) -> torch.Tensor:  # (chunks, N) -> (N,)
         return torch.logsumexp(values, dim=0) if reduce == "logmeanexp" else values.sum(0)
@@ -103,22 +122,22 @@ def _importance_log_weight(model, x, y, context, posterior, prior, z):
 
 def cll_monte_carlo(
     model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
-    generator: torch.Generator | None = None, progress: bool = True,
+    generator: torch.Generator | None = None, progress: bool = True, *, precision: str = "fp32",
 ) -> torch.Tensor:
     """-log (1/S) sum_s p(y|x,z_s), z_s ~ p(z|x): x, y (N, x_dim), (N, y_dim) -> (N,) nats. progress: a bar on a
     terminal when N x S is large (PROGRESS_WORK); False for none."""
     return -_reduce_samples(model, x, y, num_samples, "prior", _log_likelihood,
-                            "logmeanexp", generator, progress)
+                            "logmeanexp", generator, progress, precision)
 
 
 def cll_importance(
     model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
-    generator: torch.Generator | None = None, progress: bool = True,
+    generator: torch.Generator | None = None, progress: bool = True, *, precision: str = "fp32",
 ) -> torch.Tensor:
     """-log (1/S) sum_s p(y|x,z_s) p(z_s|x) / q(z_s|x,y), z_s ~ q(z|x,y): x, y (N, x_dim), (N, y_dim) -> (N,) nats.
     progress: a bar on a terminal when N x S is large (PROGRESS_WORK); False for none."""
     return -_reduce_samples(model, x, y, num_samples, "posterior", _importance_log_weight,
-                            "logmeanexp", generator, progress)
+                            "logmeanexp", generator, progress, precision)
 
 
 def _elbo_term(model, x, y, context, posterior, prior, z):
@@ -129,11 +148,11 @@ def _elbo_term(model, x, y, context, posterior, prior, z):
 
 def negative_elbo(
     model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
-    generator: torch.Generator | None = None, progress: bool = True,
+    generator: torch.Generator | None = None, progress: bool = True, *, precision: str = "fp32",
 ) -> torch.Tensor:
     """KL(q || p) - (1/S) sum_s log p(y|x,z_s), z_s ~ q(z|x,y) (the KL in closed form for a Gaussian prior, on the
     same draws for a mixture): (N,) nats. progress: a bar on a terminal when N x S is large; False for none."""
-    return -_reduce_samples(model, x, y, num_samples, "posterior", _elbo_term, "mean", generator, progress)
+    return -_reduce_samples(model, x, y, num_samples, "posterior", _elbo_term, "mean", generator, progress, precision)
 
 
 def mean_and_sem(values: torch.Tensor) -> dict[str, float]:

@@ -9,14 +9,18 @@ predictions are computed once per example, since it is frozen.
 
 from __future__ import annotations
 
+import atexit
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed
 from torch import nn
 
-from . import checkpoints
+from . import checkpoints, devices, distributed
+from .callbacks import Callbacks
 from .conditional_vae import ConditionalVAE
 from .inputs import check_data
 from .regressor import Regressor
@@ -33,7 +37,8 @@ def predictions(baseline: nn.Module, x: torch.Tensor, block: int = 4096) -> torc
 
 def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor], *, settings: TrainingSettings | None = None,
-        checkpoint_dir: str | Path | None = None, progress: bool = True, **options: Any) -> list[dict]:
+        checkpoint_dir: str | Path | None = None, progress: bool = True, callbacks: Sequence[object] | None = None,
+        device: str | torch.device | None = None, **options: Any) -> list[dict]:
     """Train ``model`` in place; return the per-epoch history [{"epoch", "train_loss", "val_loss", "seconds"}].
 
     Every training setting (a field of ``cvae.settings.TrainingSettings``: its help says what each does) is a keyword
@@ -43,6 +48,10 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
 
     train, val: (x, y) with x (N, x_dim) and y (N, y_dim), float tensors (moved to the model's device and dtype);
     under a Categorical likelihood y holds integer class indices (moved to the device, kept integer).
+    device: where to train: "auto" (cuda if available, else mps, else cpu), "cpu", "cuda", "cuda:N", "mps" or a
+    torch.device; the model is moved there (in place) and the data with it. None: where the model is.
+    precision (a training setting): "fp32", "bf16" (autocast; the losses stay float32) or "auto" (bf16 where the
+    device multiplies it natively and fast, ``cvae.precision``).
     objective: for a ConditionalVAE, "elbo" (eq. 4), "gsnn" (eq. 9), "hybrid" (eq. 10, weight ``alpha`` on the
     ELBO) or "iwae" (the importance-weighted bound with ``iw_samples`` samples); a Regressor is trained on its
     exact log-likelihood. Losses are in nats per example. After training the model holds the weights of the
@@ -61,12 +70,29 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
     written there, and the same call again continues an interrupted fit from that state (it loses at most one
     epoch); on a finished fit it trains nothing and returns its history.
 
+    callbacks: objects with some of on_train_start(epoch), on_epoch_end(epoch, metrics) and on_train_end(history)
+    (``cvae.callbacks``: CSVLogger, TensorBoardLogger); metrics hold the history's row, the learning rate and, for a
+    ConditionalVAE, the KL weight and the validation KL. An on_epoch_end that returns True stops training after
+    that epoch (a stop saved in checkpoint_dir's state: the same call again does not train past it).
+
+    Under torchrun (``torchrun --nproc_per_node N script.py``, the script calling fit) fit joins the process
+    group (gloo on the CPU, nccl with each process on the GPU of its LOCAL_RANK) and trains with
+    DistributedDataParallel, each process computing its share of every batch (``batch_size`` is the global
+    batch); rank 0 alone writes checkpoint_dir, prints and calls the callbacks. The result agrees with one
+    process's up to the order of sums and, for a ConditionalVAE, the noise (each process draws its own).
+
     Once the arguments are checked, denormal floats are flushed to zero for the rest of the process
     (``torch.set_flush_denormal(True)``).
     """
     if not isinstance(model, (ConditionalVAE, Regressor)):
         raise ValueError(f"model must be a ConditionalVAE or a Regressor, got a {type(model).__name__}")
     settings = _settings(model, settings, options)
+    hooks = Callbacks(callbacks)  # checked before anything is done
+    target = devices.resolve(device) if device is not None else next(model.parameters()).device
+    if distributed.launched() and not torch.distributed.is_initialized():  # under torchrun: join the processes
+        target = distributed.init_from_env(target)
+        atexit.register(distributed.shutdown)  # leave the group when the script ends
+    model.to(target)
     parameter = next(model.parameters())
     pairs = []
     for name, pair in (("train", train), ("val", val)):
@@ -90,7 +116,7 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
     if checkpoint_dir is not None:
         best_path, state_path = Path(checkpoint_dir) / "best.pt", Path(checkpoint_dir) / "state.pt"
     history = train_loop(model, train, val, settings, best_path, state_path, progress=progress,
-                         desc=type(model).__name__)
+                         desc=type(model).__name__, callbacks=hooks.given)
     if best_path is not None:
         model.load_state_dict(checkpoints.load(best_path, parameter.device)["state_dict"])
     return history

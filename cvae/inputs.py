@@ -59,3 +59,14 @@ def check_num_samples(num_samples: object) -> int:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     return num_samples
+
+
+def check_generator(generator: object, device: torch.device) -> None:
+    """None, or a torch.Generator on the kind of device the draws are made on (the model's)."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got a {type(generator).__name__}")
+    if generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but the model is on {device}, where the draws are "
+                         f"made: give a generator there, torch.Generator({str(device)!r}).manual_seed(seed)")

@@ -3,7 +3,8 @@ the best weights kept, and a resumable state saved at every epoch end and on int
 
 Its parts: ``train_step`` (one optimizer step on one batch), ``EarlyStopping`` (the decision after each epoch,
 with the learning-rate halving), ``TrainingState`` (what is saved and resumed), ``Processes`` (what differs
-under torchrun), and ``train_loop``, which puts them together.
+under torchrun), and ``train_loop``, which puts them together and calls the user's callbacks
+(``cvae.callbacks``) on the main process.
 
 Every random choice comes from a seeded generator whose state is saved, and each epoch's order is a
 fixed function of (seed, epoch), so an interrupted-and-resumed run ends with the same weights, bit
@@ -35,14 +36,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import checkpoints, distributed
+from .callbacks import Callbacks
 from .conditional_vae import ConditionalVAE
-from .objectives import training_loss
+from .distributions import DiagonalGaussian
+from .objectives import latent_kl, training_loss
 from .precision import autocast, resolve
 from .settings import TrainingSettings
 
 CHECK_EVERY = 50  # steps between the (synchronizing) finiteness checks and progress-bar updates
 FUSED_ADAM_DEVICES = ("cpu", "cuda")  # one fused kernel per step instead of one per parameter
 NOISE_SEED_STRIDE = 1_000_003  # process r's noise generator starts from seed + r * stride (rank 0: the seed)
+KL_SEED_OFFSET = 1  # the validation KL's draws (mixture priors): seed + 1 + r * stride, apart from the loss's noise
 
 
 class TrainingInterrupted(Exception):
@@ -128,7 +132,9 @@ def train_step(loss_fn: Callable[..., torch.Tensor], optimizer: torch.optim.Opti
     (``Processes.loss_function``); weight: this process's share of the global batch (``shard``).
     """
     with autocast(precision, batch[0].device):
-        loss = loss_fn(*batch, generator=generator, kl_weight=kl_weight) * weight
+        loss = loss_fn(*batch, generator=generator, kl_weight=kl_weight)
+        if weight != 1.0:  # x * 1.0 is x: one multiply and its backward fewer in one process
+            loss = loss * weight
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -200,7 +206,7 @@ class Processes:
 
     def shard(self, batch: torch.Tensor) -> tuple[torch.Tensor, float]:
         """This process's share of a global batch of indices, and its loss's weight (see ``shard``)."""
-        return shard(batch, self.rank, self.world)
+        return (batch, 1.0) if self.world == 1 else shard(batch, self.rank, self.world)
 
     def share(self, data: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """This process's contiguous share of the examples of every tensor of a dataset."""
@@ -251,6 +257,10 @@ class Processes:
             raise ValueError(f"it was written by {len(states)} process(es), this run has {self.world}")
         return states[self.rank].clone()  # a tensor of its own: Generator.set_state misreads a row view
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any process (e.g. a stop request of rank 0's callbacks), on every process."""
+        return distributed.any_process(flag)
+
     def barrier(self) -> None:
         """Wait until every process is here."""
         distributed.barrier()
@@ -264,6 +274,15 @@ def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], settings: 
     Under torchrun each process takes a contiguous share of the examples and the sums are all-reduced, so
     every process gets the same value (and takes the same early-stopping decision).
     """
+    return validation_metrics(model, data, settings)[0]
+
+
+@torch.no_grad()
+def validation_metrics(model: nn.Module, data: tuple[torch.Tensor, ...], settings: TrainingSettings,
+                       kl: bool = False) -> tuple[float, float | None]:
+    """``validation_loss``, and with ``kl`` (for a ConditionalVAE) the mean KL(q(z|x,y) || p(z|x)) over the same
+    examples (``validation_kl``; None otherwise). The KL's draws (a mixture prior's) come from a generator of their
+    own, so the loss is the same with or without it."""
     model.eval()
     device, n = data[0].device, data[0].shape[0]
     processes = Processes()
@@ -271,11 +290,33 @@ def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], settings: 
     arithmetic = resolve(settings.precision, device)
     mine = processes.share(data)
     total = torch.zeros((), device=device)
+    kl = kl and isinstance(model, ConditionalVAE)
+    if kl:
+        kl_generator = processes.noise(device, settings.seed + KL_SEED_OFFSET)
+        kl_total = torch.zeros((), device=device)
     for start in range(0, mine[0].shape[0], settings.batch_size):
         batch = [t[start:start + settings.batch_size] for t in mine]
         with autocast(arithmetic, device):
             total += batch_loss(settings, model, *batch, generator=generator) * batch[0].shape[0]
-    return processes.sum(total).item() / n
+            if kl:
+                kl_total += validation_kl(settings, model, *batch, generator=kl_generator).sum()
+    if not kl:
+        return processes.sum(total).item() / n, None
+    loss, kl_sum = processes.sum(torch.stack([total, kl_total])).tolist()
+    return loss / n, kl_sum / n
+
+
+def validation_kl(settings: TrainingSettings, model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor,
+                  *rest: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """KL(q(z|x,y) || p(z|x)) of each example of a batch (x, y[, y_hat]), (N,): in closed form for a Gaussian prior,
+    on one draw z ~ q(z|x,y) from ``generator`` for a mixture (``objectives.latent_kl``); with sample_targets q
+    sees b ~ Bernoulli(y), drawn from ``generator``, as in training."""
+    if settings.sample_targets:
+        y = binarized(y, generator)
+    context = model.context(x, rest[0] if rest else None)
+    posterior, prior = model.posterior(x, y), model.prior(x, context)
+    z = None if isinstance(prior, DiagonalGaussian) else posterior.rsample((1,), generator=generator)
+    return latent_kl(posterior, prior, z).mean(0)
 
 
 @dataclass
@@ -346,6 +387,7 @@ def train_loop(
     stop: StopFlag | None = None,
     progress: bool = True,
     desc: str = "",
+    callbacks: Sequence[object] | None = None,
 ) -> list[dict]:
     """Train ``model`` on ``batch_loss`` (``objectives.training_loss``); return the per-epoch history.
 
@@ -355,6 +397,10 @@ def train_loop(
     resumable state (weights, optimizer, epoch, step, early-stopping state, RNG state) goes to ``state_path``
     (when given) at each epoch end and when ``stop`` is requested. If ``state_path`` exists, training
     continues from it.
+
+    callbacks: objects with some of on_train_start, on_epoch_end and on_train_end (``cvae.callbacks``), called
+    on the main process; an on_epoch_end that returns a true value stops training after that epoch, and the
+    stop is saved with the state (as finished). Without callbacks nothing more is computed.
     """
     num_examples, device = train[0].shape[0], train[0].device
     processes = Processes()
@@ -365,9 +411,12 @@ def train_loop(
     noise = processes.noise(device, settings.seed)
     arithmetic = resolve(settings.precision, device)
     state = TrainingState(settings.seed, EarlyStopping(settings.patience, settings.kl_warmup, settings.lr_halving))
+    hooks = Callbacks(callbacks, processes.is_main)
     if state_path is not None and state_path.exists():
         state.resume(state_path, model, optimizer, noise, processes)
+    hooks.train_start(state.epoch)
     if state.finished:
+        hooks.train_end(state.history)
         return state.history
     loss_fn = processes.loss_function(model, settings)
     progress = progress and processes.is_main
@@ -407,7 +456,10 @@ def train_loop(
         bar.close()
 
         train_loss = losses.mean().item()
-        val_loss = validation_loss(model, val, settings)
+        if hooks:  # with the validation KL for the callbacks' metrics
+            val_loss, val_kl = validation_metrics(model, val, settings, kl=True)
+        else:
+            val_loss, val_kl = validation_loss(model, val, settings), None
         improved = state.early_stopping.update(epoch, val_loss)
         if improved:
             if best_path is None:
@@ -419,13 +471,20 @@ def train_loop(
         if processes.is_main:
             tqdm.write(f"{desc} epoch {epoch + 1}: train {train_loss:.3f}  val {val_loss:.3f}"
                        + ("  (best)" if improved else ""), file=sys.stderr)
-        state.finished = state.early_stopping.stop or epoch + 1 == settings.epochs
+        requested = False
+        if hooks:  # rank 0's callbacks may ask to stop: every process stops
+            metrics = {**state.history[-1], "lr": optimizer.param_groups[0]["lr"]}
+            if val_kl is not None:  # a ConditionalVAE's
+                metrics |= {"kl_weight": settings.kl_weight_at(epoch, num_batches - 1, num_batches), "val_kl": val_kl}
+            requested = processes.any(hooks.epoch_end(epoch + 1, metrics))
+        state.finished = state.early_stopping.stop or epoch + 1 == settings.epochs or requested
         save_state(epoch + 1, 0, losses[:0])
         if state.finished:
             break
     processes.barrier()  # rank 0 has written the best checkpoint before any process reads it
     if best_weights is not None:
         model.load_state_dict(best_weights)
+    hooks.train_end(state.history)
     return state.history
 
 

@@ -129,29 +129,14 @@ def hidden_sizes(text: str) -> list[int]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """auto: cuda, then mps, then cpu. A named device that is not available is a UserError."""
-    import torch
+    """auto: cuda, then mps, then cpu (``cvae.devices.resolve``, which fit uses too). A named device that is not
+    available is a UserError."""
+    from cvae import devices
 
-    mps = getattr(torch.backends, "mps", None)
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": bool(mps and mps.is_available())}
-    if name == "auto":
-        return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
-    kind = name.split(":")[0]
-    if kind not in available:
-        raise UserError(f"--device {name!r} is not a device this program knows: use auto, cpu, "
-                        "cuda (or cuda:N) or mps.")
-    if not available[kind]:
-        raise UserError(f"--device {name} was asked for, but {kind} is not available on this "
-                        "machine (torch sees no such device). Use --device cpu or --device auto.")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or (kind == "cuda" and (device.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"--device {name} is not a device on this machine: use cpu, mps, cuda or "
-                        f"cuda:N with N below {torch.cuda.device_count()} (the number of CUDA devices).")
-    return device
+        return devices.resolve(name, given_as="--device")
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 def program(command: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from cvae import checkpoints, distributed, precision, records
+from cvae.callbacks import TensorBoardLogger
 from cvae.likelihoods import by_name
 from cvae.regressor import Regressor
 from cvae.settings import TrainingSettings
@@ -125,10 +126,13 @@ def check_memory(config: RunConfig, device: torch.device, batch: int = 0) -> Non
 
 
 def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, device: torch.device,
-                  stop: StopFlag | None = None, progress: bool = True) -> dict[str, list[dict]]:
+                  stop: StopFlag | None = None, progress: bool = True,
+                  tensorboard: bool = False) -> dict[str, list[dict]]:
     """Train the baseline, then the CVAE on top of its best checkpoint, for k input quadrants.
 
-    Returns both histories. Stages already finished in run_dir are skipped, unfinished ones resumed.
+    Returns both histories. Stages already finished in run_dir are skipped, unfinished ones resumed. With
+    tensorboard, each stage's epochs are logged into q{k}/tensorboard/{baseline,cvae} (``cvae.callbacks``; the
+    weights are the same as without).
     """
     paths = setting_paths(run_dir, k)
     if setting_trained(paths):  # its resumable states may be gone (delete_states): nothing is trained again
@@ -144,17 +148,23 @@ def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, devi
     # no KL term and gray targets: the same baseline whatever the CVAE's training options
     baseline_settings = settings.replace(kl_warmup=0, sample_targets=False, free_bits=0.0, aux_weight=0.0)
     histories = {"baseline": train_loop(baseline, train, val, baseline_settings, paths.baseline,
-                                 paths.baseline_state, stop, progress, f"q{k} baseline")}
+                                 paths.baseline_state, stop, progress, f"q{k} baseline",
+                                 logs(paths.tensorboard / "baseline", tensorboard))}
 
     torch.manual_seed(config.seed * 10 + k + 5)
     best_baseline = load_model(paths.baseline, "baseline", k, config, device)
     cvae = new_model("cvae", k, config, best_baseline).to(device)
     train, val = (*train, predictions(best_baseline, train[0])), (*val, predictions(best_baseline, val[0]))
     histories["cvae"] = train_loop(cvae, train, val, settings, paths.cvae, paths.cvae_state, stop,
-                            progress, f"q{k} cvae")
+                            progress, f"q{k} cvae", logs(paths.tensorboard / "cvae", tensorboard))
     if distributed.is_main():
         checkpoints.write_json(paths.history, histories)
     return histories
+
+
+def logs(log_dir: Path, tensorboard: bool) -> list[TensorBoardLogger]:
+    """A training stage's callbacks: a TensorBoardLogger into log_dir with tensorboard, none without."""
+    return [TensorBoardLogger(log_dir)] if tensorboard else []
 
 
 def setting_trained(paths: SettingPaths) -> bool:

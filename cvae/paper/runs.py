@@ -6,6 +6,7 @@ Run directory layout:
     q{k}/baseline.pt, cvae.pt   best checkpoints (lowest validation loss) for k input quadrants
     q{k}/*_state.pt             resumable training states (deleted when the run is finished, unless --keep-state)
     q{k}/history.json           per-epoch losses of both models, written once both are trained
+    q{k}/tensorboard/{baseline,cvae}/  TensorBoard logs of each stage's epochs (train --tensorboard)
     q{k}/per_image.pt           per-image values on the test set: the negative CLL of every estimator, the true
                                 likelihood of binarized outputs and the sample metrics (cvae.paper.sample_evaluation)
     results.{json,csv,md}       the tables;  samples_q{k}.png, training_curves.png  the figures
@@ -45,6 +46,11 @@ class SettingPaths:
     @property
     def history(self) -> Path:
         return self.root / "history.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        """The TensorBoard logs of the stages (train --tensorboard): tensorboard/baseline, tensorboard/cvae."""
+        return self.root / "tensorboard"
 
     @property
     def per_image(self) -> Path:

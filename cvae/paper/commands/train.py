@@ -3,6 +3,7 @@
     python train.py                          # the paper's experiment: 1, 2 and 3 input quadrants
     python train.py --quadrants 2 --epochs 5 --out runs/quick
     python train.py --resume runs/default    # continue an interrupted run
+    python train.py --tensorboard            # also TensorBoard logs (pip install "cvae-sohn[tensorboard]")
     python train.py --config runs/default/config.json --seed 1 --out runs/seed1   # a new run like another
     torchrun --standalone --nproc_per_node 2 train.py ...   # 2 processes, DistributedDataParallel (README)
 
@@ -61,13 +62,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     group.add_argument("--resume", metavar="RUN_DIR",
                        help="continue an interrupted run with its saved configuration (options that would change "
                        f"it are refused; {', '.join(sorted(map(flag, RESUME_OPTIONS)))}, --keep-state, --device, "
-                       "--precision, --binarizations, --sample-k, --no-eval, --no-progress may be given); a "
-                       "finished run is only evaluated")
+                       "--precision, --binarizations, --sample-k, --no-eval, --no-progress, --tensorboard may be "
+                       "given); a finished run is only evaluated")
     command.add_argument("--keep-state", action="store_true",
                          help="keep the resumable training states (q{k}/*_state.pt) of the finished run (default: "
                          "deleted once the training is finished; the best checkpoints and history stay)")
     command.add_argument("--no-eval", action="store_true", help="train only")
     command.add_argument("--no-progress", action="store_true", help="no progress bars")
+    command.add_argument("--tensorboard", action="store_true",
+                         help="log every epoch's losses, learning rate and (for the CVAE) validation KL for "
+                         "TensorBoard into RUN_DIR/q{k}/tensorboard/{baseline,cvae} (tensorboard --logdir RUN_DIR); "
+                         'needs the optional extra: pip install "cvae-sohn[tensorboard]" (default: off)')
     cli.add_device_argument(command)
     cli.add_precision_argument(command)
     cli.add_sample_arguments(command)
@@ -188,6 +193,18 @@ def choose_run(args: argparse.Namespace, run_dir: Path, config: RunConfig | None
         f"continue it, --overwrite to replace it, or --out to start a new one elsewhere.")
 
 
+def check_tensorboard() -> None:
+    """--tensorboard needs TensorBoard, an optional extra: a UserError saying how to install it, before anything is
+    done."""
+    from cvae.callbacks import TENSORBOARD_EXTRA, summary_writer
+
+    try:
+        summary_writer()
+    except ImportError:
+        raise cli.UserError(f"--tensorboard needs the tensorboard package, an optional extra: {TENSORBOARD_EXTRA}. "
+                            "Install it, or leave --tensorboard out.") from None
+
+
 def check_resume_options(args: argparse.Namespace, run_dir: Path, config: RunConfig) -> None:
     """--resume continues a run with its saved configuration: refuse options that would change it."""
     saved = config.to_dict()
@@ -253,6 +270,9 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
 
     from .. import run_lock
 
+    if args.tensorboard:
+        check_tensorboard()
+
     device = distributed.init_from_env(cli.resolve_device(args.device))  # a no-op without torchrun
     run_dir, config = (Path(args.resume), None) if args.resume else check_new_run(args, device)
     # one job per run directory, from here to the end (run_lock)
@@ -311,7 +331,7 @@ def train(args: argparse.Namespace, device: torch.device, run_dir: Path, config:
         try:
             with stop_on_signals(stop):
                 for k in config.quadrants:
-                    train_setting(config, k, splits, run_dir, device, stop, not args.no_progress)
+                    train_setting(config, k, splits, run_dir, device, stop, not args.no_progress, args.tensorboard)
         except TrainingInterrupted as stopped:
             raise TrainingInterrupted(f"{stopped}. The resumable state is saved; continue with: "
                                       f"{distributed.command('train.py')} --resume {run_dir}") from None
