@@ -10,7 +10,9 @@ predictions are computed once per example, since it is frozen.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import inspect
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import torch
 import torch.distributed
 from torch import nn
 
-from . import checkpoints, devices, distributed
+from . import checkpoints, devices, distributed, locks
 from .callbacks import Callbacks
 from .conditional_vae import ConditionalVAE
 from .inputs import check_data
@@ -112,14 +114,26 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
     torch.set_flush_denormal(True)
     if isinstance(model, ConditionalVAE) and model.baseline is not None:
         train, val = [(*pair, predictions(model.baseline, pair[0])) for pair in (train, val)]
-    best_path = state_path = None
-    if checkpoint_dir is not None:
-        best_path, state_path = Path(checkpoint_dir) / "best.pt", Path(checkpoint_dir) / "state.pt"
-    history = train_loop(model, train, val, settings, best_path, state_path, progress=progress,
-                         desc=type(model).__name__, callbacks=hooks.given)
-    if best_path is not None:
+    if checkpoint_dir is None:
+        return train_loop(model, train, val, settings, None, None, progress=progress, desc=type(model).__name__,
+                          callbacks=hooks.given)
+    # the directory's state belongs to this training only: the same data, settings and model resume it
+    owner = {"data": fingerprint(*train, *val), "settings": settings.to_dict(), "model": model.record()}
+    best_path, state_path = Path(checkpoint_dir) / "best.pt", Path(checkpoint_dir) / "state.pt"
+    with locks.hold(checkpoint_dir, create=True, command="fit"):  # one training per directory
+        history = train_loop(model, train, val, settings, best_path, state_path, progress=progress,
+                             desc=type(model).__name__, callbacks=hooks.given, owner=owner)
         model.load_state_dict(checkpoints.load(best_path, parameter.device)["state_dict"])
     return history
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """A digest of the tensors' shapes, dtypes and values (BLAKE2b), which tells one dataset from another."""
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in tensors:
+        digest.update(f"{tuple(tensor.shape)} {tensor.dtype};".encode())
+        digest.update(tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _settings(model: nn.Module, settings: TrainingSettings | None, options: dict[str, Any]) -> TrainingSettings:
@@ -135,6 +149,15 @@ def _settings(model: nn.Module, settings: TrainingSettings | None, options: dict
     settings = (settings or TrainingSettings.named("anti_collapse")).replace(**options)
     if not isinstance(model, ConditionalVAE) or settings.objective == "gsnn":
         settings = settings.replace(kl_warmup=0)  # no KL term to warm up
+    if settings.kl_warmup >= settings.epochs:
+        warnings.warn(f"epochs={settings.epochs} ends within the KL warm-up (kl_warmup={settings.kl_warmup}): the "
+                      "full ELBO is never trained, and the weights kept are the last epoch's. Give epochs above "
+                      "kl_warmup, or a shorter kl_warmup (0: none).", UserWarning, stacklevel=3)
+    half = next((p.dtype for p in model.parameters() if p.dtype in (torch.float16, torch.bfloat16)), None)
+    if half is not None:
+        raise ValueError(f"the model's parameters are {half}: Adam's updates (its eps of 1e-8, its second moments) "
+                         "underflow or round away in half precision, and training diverges without a word. Keep the "
+                         "model in float32 (model.float()) and train with precision='bf16' for speed.")
     if isinstance(model, ConditionalVAE):
         if settings.aux_weight and model.autoregression is None:
             raise ValueError("aux_weight needs a model with an autoregressive term (autoregression=...): without "

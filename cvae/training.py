@@ -326,13 +326,16 @@ class TrainingState:
     The position (``epoch`` and ``step`` within it, counted from 0, and the losses of that epoch's steps so far),
     the early-stopping state, the per-epoch history and whether training has finished. It is saved, with the
     model's, the optimizer's and the noise generator's states, as one flat dict (``checkpoints.save``) whose keys
-    are those of ``REQUIRED`` plus lr_scale, model, optimizer, noise_rng and, under torchrun, noise_rngs.
+    are those of ``REQUIRED`` plus lr_scale, model, optimizer, noise_rng and, under torchrun, noise_rngs. With an
+    ``owner`` (what the training is: ``fit`` records its data's fingerprint, its settings and the model's record),
+    the state is resumed only by the same training.
     """
 
     REQUIRED = ("epoch", "step", "best_val", "bad_epochs", "history", "finished", "partial_losses", "seed")
 
     seed: int
     early_stopping: EarlyStopping
+    owner: dict | None = None  # what the state belongs to (fit: the data, the settings, the model), checked on resume
     epoch: int = 0
     step: int = 0
     partial_losses: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
@@ -347,6 +350,8 @@ class TrainingState:
                  "bad_epochs": stopping.bad_epochs, "history": self.history, "finished": self.finished,
                  "partial_losses": self.partial_losses, "seed": self.seed, "lr_scale": stopping.lr_scale,
                  "model": model.state_dict(), "optimizer": optimizer.state_dict(), "noise_rng": noise.get_state()}
+        if self.owner is not None:
+            state["owner"] = self.owner
         if (noise_states := processes.noise_states(noise)) is not None:  # for an exact resumption under torchrun
             state["noise_rngs"] = noise_states
         if processes.is_main and path is not None:
@@ -357,6 +362,11 @@ class TrainingState:
         """Continue from the state saved at ``path``: load it into this state, the model, the optimizer and the
         noise generator; CheckpointError if it does not fit them."""
         saved = checkpoints.load(path)
+        if self.owner is not None and saved.get("owner") != self.owner:
+            difference = _difference(saved.get("owner"), self.owner)
+            raise checkpoints.CheckpointError(
+                f"{path} is the state of another training: {difference}. Its directory belongs to that training: "
+                f"give this one a directory of its own, or delete {path.parent} to start afresh there.")
         try:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -388,6 +398,7 @@ def train_loop(
     progress: bool = True,
     desc: str = "",
     callbacks: Sequence[object] | None = None,
+    owner: dict | None = None,
 ) -> list[dict]:
     """Train ``model`` on ``batch_loss`` (``objectives.training_loss``); return the per-epoch history.
 
@@ -401,6 +412,9 @@ def train_loop(
     callbacks: objects with some of on_train_start, on_epoch_end and on_train_end (``cvae.callbacks``), called
     on the main process; an on_epoch_end that returns a true value stops training after that epoch, and the
     stop is saved with the state (as finished). Without callbacks nothing more is computed.
+
+    owner: what this training is (``TrainingState.owner``); a state at ``state_path`` of another is refused. A
+    validation loss that is not finite stops training (NonFiniteLoss) with the best weights in the model.
     """
     num_examples, device = train[0].shape[0], train[0].device
     processes = Processes()
@@ -410,7 +424,8 @@ def train_loop(
                                  fused=device.type in FUSED_ADAM_DEVICES)
     noise = processes.noise(device, settings.seed)
     arithmetic = resolve(settings.precision, device)
-    state = TrainingState(settings.seed, EarlyStopping(settings.patience, settings.kl_warmup, settings.lr_halving))
+    state = TrainingState(settings.seed, EarlyStopping(settings.patience, settings.kl_warmup, settings.lr_halving),
+                          owner)
     hooks = Callbacks(callbacks, processes.is_main)
     if state_path is not None and state_path.exists():
         state.resume(state_path, model, optimizer, noise, processes)
@@ -460,6 +475,10 @@ def train_loop(
             val_loss, val_kl = validation_metrics(model, val, settings, kl=True)
         else:
             val_loss, val_kl = validation_loss(model, val, settings), None
+        if not math.isfinite(val_loss):  # no weights of this epoch may become the best
+            kept = _keep_best(model, best_weights, best_path, processes)
+            raise NonFiniteLoss(f"{desc}: the validation loss became {val_loss} at epoch {epoch + 1}. Training "
+                                f"stopped; {kept}. Train again with a smaller learning rate (lr), or check the data.")
         improved = state.early_stopping.update(epoch, val_loss)
         if improved:
             if best_path is None:
@@ -486,6 +505,35 @@ def train_loop(
         model.load_state_dict(best_weights)
     hooks.train_end(state.history)
     return state.history
+
+
+def _keep_best(model: nn.Module, best_weights: dict | None, best_path: Path | None, processes: Processes) -> str:
+    """Load the best weights so far into the model, where there are any; say what the model holds."""
+    processes.barrier()
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    elif best_path is not None and best_path.exists():
+        model.load_state_dict(checkpoints.load(best_path, next(model.parameters()).device)["state_dict"])
+    else:
+        return "no epoch had a finite validation loss, so the model holds that epoch's weights"
+    return "the model holds the weights of the best epoch before it"
+
+
+def _difference(saved: object, expected: dict) -> str:
+    """What differs between the owner a state records and this training's, in a few words."""
+    if not isinstance(saved, dict):
+        return "it records no owner (an earlier version wrote it, or another program)"
+    parts = []
+    for key, what in (("data", "its data differ"), ("model", "its model differs"), ("settings", "")):
+        if saved.get(key) == expected.get(key):
+            continue
+        if key == "settings" and isinstance(saved.get(key), dict):
+            changed = [f"{name} {saved[key].get(name)!r} (now {value!r})" for name, value in expected[key].items()
+                       if saved[key].get(name) != value]
+            parts.append("its settings differ: " + ", ".join(changed))
+        else:
+            parts.append(what or "its settings differ")
+    return "; ".join(parts) or "it records another owner"
 
 
 def _check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int, best_path: Path | None) -> None:
