@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .conditional_vae import ConditionalVAE, Context
 from .distributions import DiagonalGaussian, GaussianMixture
-from .inputs import check_data, check_num_samples
+from .inputs import check_data, check_generator, check_num_samples
 from .objectives import latent_kl
 
 # Example-samples evaluated in one pass of the generation net. Kept small enough that every activation
@@ -63,8 +63,9 @@ def _reduce_samples(
     """Per image, log-mean-exp (reduce="logmeanexp") or mean (reduce="mean") of the log-weights of
     num_samples draws of z from the proposal ("prior" or "posterior"). x, y: (N, x_dim), (N, y_dim) -> (N,).
     With progress, a bar over the samples when the work is large (PROGRESS_WORK) and stderr is a terminal."""
-    check_num_samples(num_samples)
+    num_samples = check_num_samples(num_samples)
     check_data(model, x, y)
+    generator = check_generator(generator, x.device)
 
     def combine(values: torch.Tensor) -> torch.Tensor:  # (chunks, N) -> (N,)
         return torch.logsumexp(values, dim=0) if reduce == "logmeanexp" else values.sum(0)
