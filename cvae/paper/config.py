@@ -178,7 +178,8 @@ class ExperimentOptions:
         """The configuration a dict (a saved config.json's "config") describes, after checking every value's type,
         range and name: a ValueError names the key and says what was wrong and what was expected. Unknown keys are
         refused, and so are missing ones, except those of LEGACY_DEFAULTS, which runs made before they existed
-        lack (they take the value those runs were made with)."""
+        lack (they take the value those runs were made with); so are options that contradict each other (an
+        OptionClash, which also words them as train's flags)."""
         if not isinstance(values, dict):
             raise ValueError(f"the configuration is {_shown(values)}, expected an object of settings such as "
                              '{"quadrants": [1, 2, 3], "epochs": 50, ...}')
@@ -203,6 +204,7 @@ class ExperimentOptions:
                 list(value) if isinstance(value, list) else value
         config = cls(**checked)
         config.training_settings()  # ValueError for settings that do not go together (cvae.settings)
+        _check_together(config)
         return config
 
     @classmethod
@@ -220,6 +222,48 @@ class ExperimentOptions:
     @property
     def protocol(self) -> str:
         return "binarized" if self.binarize else "grayscale"
+
+
+class OptionClash(ValueError):
+    """Options of a run that do not go together: str() names them as a saved configuration does ("ar_window" is 5
+    but "autoregressive" is false), ``flags`` as train's command line does (--ar-window 5 needs --autoregressive)."""
+
+    def __init__(self, keys: str, flags: str):
+        super().__init__(keys)
+        self.flags = flags
+
+
+def _check_together(config: ExperimentOptions) -> None:
+    """An OptionClash for the first pair of options that contradict each other, each checked alone already."""
+    if config.ar_window and not config.autoregressive:
+        raise OptionClash(
+            f'"ar_window" is {config.ar_window} but "autoregressive" is false: the window is that of the '
+            'autoregressive term, which the model has only with "autoregressive" true',
+            f"--ar-window {config.ar_window} needs --autoregressive: the window is that of the autoregressive term, "
+            "which the model has only with --autoregressive. Give --autoregressive too, or --ar-window 0")
+    if config.aux_weight and not config.autoregressive:
+        raise OptionClash(
+            f'"aux_weight" is {config.aux_weight:g} but "autoregressive" is false: without the autoregressive term '
+            "the auxiliary loss is the reconstruction term itself",
+            "--aux-weight needs --autoregressive: without the term the auxiliary loss is the reconstruction term "
+            "itself. Give --autoregressive too, or --aux-weight 0")
+    if config.kl_warmup and config.kl_warmup >= config.epochs:
+        raise OptionClash(
+            f'"kl_warmup" is {config.kl_warmup}, not below "epochs" {config.epochs}: the KL term\'s weight rises '
+            'from 0 to 1 over the first "kl_warmup" epochs, so no epoch would train the whole objective (and early '
+            "stopping counts from the warm-up's end)",
+            f"--kl-warmup {config.kl_warmup} is not below --epochs {config.epochs}: the KL term's weight rises from 0 "
+            "to 1 over the first --kl-warmup epochs, so no epoch would train the whole objective (and early stopping "
+            "counts from the warm-up's end). Give a --kl-warmup below --epochs, or more --epochs")
+    if config.likelihood == "continuous-bernoulli":
+        for name, what in (("binarize", "binarized targets"), ("sample_targets", "binary targets drawn afresh")):
+            if getattr(config, name):
+                raise OptionClash(
+                    f'"likelihood" is \'continuous-bernoulli\' with "{name}" true: the continuous Bernoulli is a '
+                    f"density of gray levels in [0, 1], not the likelihood of {what} (the Bernoulli is)",
+                    f"--likelihood continuous-bernoulli with {flag(name)}: the continuous Bernoulli is a density of "
+                    f"gray levels in [0, 1], not the likelihood of {what} (the Bernoulli is). Give --likelihood "
+                    f"bernoulli, or --no-{flag(name)[2:]}")
 
 
 def flag(name: str) -> str:
@@ -346,6 +390,11 @@ def read_run_config(path: str | Path) -> dict:
         raise refuse(f'has no "config" (its keys: {_keys(list(saved)) or "none"})')
     try:
         RunConfig.from_dict(saved["config"])
+    except OptionClash as error:
+        raise RunFileError(f'{path} holds options that do not go together in its "config": {error}. This version '
+                           "trains no such run (an older one may have written it, or the file was edited); start a "
+                           "new run with train.py --out, e.g. from this one's options with --config and the value "
+                           "changed.") from None
     except ValueError as error:
         raise refuse(f'is wrong in its "config": {error}') from None
     for key in ("finished", "keep_state"):
