@@ -20,6 +20,9 @@ from typing import Any
 
 import torch
 
+from . import jsonfiles
+from .inputs import check_device
+
 
 class CheckpointError(Exception):
     """A checkpoint is missing, truncated, unsafe, or does not match the run's configuration."""
@@ -99,19 +102,17 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path, what: str = "file",
-              remedy: str = "Restore it from a copy, or re-run the command that writes it.") -> Any:
-    """The JSON value in a UTF-8 file; RunFileError (naming the file, ending with remedy) if it is not UTF-8 or not
-    JSON. OSError (missing, unreadable) goes through."""
+              remedy: str = "Restore it from a copy, or re-run the command that writes it.",
+              limit: int = jsonfiles.MAX_BYTES) -> Any:
+    """The JSON value in a UTF-8 file, read with bounds (``cvae.jsonfiles``: at most limit bytes, nesting, one value
+    per key); RunFileError (naming the file, ending with remedy) if it breaks one, or is not UTF-8 or not JSON.
+    OSError (missing, unreadable) goes through."""
     path = Path(path)
-    blob = path.read_bytes()
     try:
-        return json.loads(blob.decode("utf-8"))
-    except UnicodeDecodeError as error:
-        problem = f"not UTF-8 text (byte {error.start})"
-    except json.JSONDecodeError as error:
-        problem = f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
-    raise RunFileError(f"{path} is unreadable, {problem}: it is truncated, corrupt, or not the {what} this program "
-                       f"writes. {remedy}")
+        return jsonfiles.read(path, limit)
+    except jsonfiles.JSONProblem as problem:
+        raise RunFileError(f"{path} is unreadable, {problem}: it is truncated, corrupt, or not the {what} this "
+                           f"program writes. {remedy}") from None
 
 
 # What torch's C++ writer says when a write fails: it raises RuntimeError, not OSError, for a full disk.
@@ -132,7 +133,8 @@ def _drop_tracebacks(error: BaseException | None) -> None:
 
 
 def save(obj: dict, path: str | Path) -> None:
-    """torch.save, atomically. A write that fails (torch raises RuntimeError for a full disk) is an OSError: ENOSPC
+    """torch.save, atomically. A write that fails (torch raises RuntimeError for a full disk, a missing permission)
+    is an OSError: the system's error when torch names it or opening the file meets it (EACCES, EROFS, ...), ENOSPC
     when the filesystem is full, EIO otherwise; the file already at ``path`` is left as it was."""
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -147,11 +149,34 @@ def save(obj: dict, path: str | Path) -> None:
             if not full and not any(marker in str(error) for marker in _WRITE_FAILED):
                 raise
             _drop_tracebacks(error)
-            if full:
+            system = _system_error(error, tmp)
+            if system is not None and system.errno != errno.ENOSPC:  # a cause of its own: not the disk
+                raise OSError(system.errno, f"{system.strerror} (torch could not write the checkpoint: "
+                              f"{describe(error)})", str(path)) from error
+            if full or system is not None:
                 raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (torch could not write the checkpoint: "
                               f"{describe(error)})", str(path)) from error
             raise OSError(errno.EIO, f"torch could not write the checkpoint ({describe(error)}): the disk may be "
                           "full, over quota or failing", str(path)) from error
+
+
+_STRERROR = re.compile(r"strerror: ([^.\n]+)")  # torch's "open file failed with strerror: Permission denied"
+_ERRNOS = {os.strerror(code): code for code in errno.errorcode}
+
+
+def _system_error(error: RuntimeError, tmp: Path) -> OSError | None:
+    """The system's error behind torch's RuntimeError: the one its message names, or the one opening the file for
+    writing meets now (a missing permission, a read-only filesystem); None when neither tells."""
+    named = _STRERROR.search(str(error))
+    if named and named.group(1).strip() in _ERRNOS:
+        code = _ERRNOS[named.group(1).strip()]
+        return OSError(code, os.strerror(code))
+    try:
+        with open(tmp, "ab"):
+            pass
+    except OSError as system:
+        return system
+    return None
 
 
 _TEMPORARY = re.compile(r"\..+\.tmp([0-9]+)")
@@ -191,8 +216,11 @@ def remove_stale_temporaries(directory: str | Path, min_age_s: float = 0.0) -> l
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """torch.load with weights_only=True; a clear CheckpointError for a missing, corrupt or unsafe file."""
+    """torch.load with weights_only=True; a clear CheckpointError for a missing, corrupt or unsafe file, and a
+    ValueError for a map_location that this machine does not have (CUDA missing), which no file could help."""
     path = Path(path)
+    if isinstance(map_location, str | torch.device):
+        map_location = check_device(map_location, "map_location")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory, not a file: the path names a folder where "
                               "train.py writes a checkpoint file. Give the run directory train.py wrote (its "

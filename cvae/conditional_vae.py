@@ -28,7 +28,7 @@ from torch import nn
 
 from . import likelihoods
 from .distributions import DiagonalGaussian, GaussianMixture
-from .inputs import check_generator, check_matrix, check_num_samples
+from .inputs import check_fits, check_generator, check_matrix, check_num_samples, naming
 from .networks import (
     Concatenate,
     ConcatGeneration,
@@ -136,22 +136,37 @@ class ConditionalVAE(Recorded):
         """p(z|x): a Gaussian with loc, scale (N, z_dim), or a mixture with logits (N, K) and loc, scale
         (N, K, z_dim)."""
         context = context if context is not None else self.context(x)
-        out = self.prior_net(context.condition).to(x.dtype)  # networks' outputs in x's dtype (cvae.precision)
-        if self.prior_components == 1:
-            return gaussian_head(out)
+        out = self.prior_net(context.condition)
         k = self.prior_components
+        width, meaning = (2 * self.z_dim, "loc and raw scale of p(z|x), 2 * z_dim columns") if k == 1 else (
+            k * (1 + 2 * self.z_dim), f"the {k} mixture logits, then loc and raw scale of each component: "
+            "K * (1 + 2 * z_dim) columns")
+        _check_output(out, "prior", (*context.condition.shape[:-1], width), meaning)
+        out = out.to(x.dtype)  # networks' outputs in x's dtype (cvae.precision)
+        if k == 1:
+            return gaussian_head(out)
         components = gaussian_head(out[..., k:].unflatten(-1, (k, 2 * self.z_dim)))
         return GaussianMixture(out[..., :k], components.loc, components.scale)
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor) -> DiagonalGaussian:
         """q(z|x,y): loc, scale of shape (N, z_dim)."""
-        return gaussian_head(self.recognition_net(self.combine(x, y)).to(x.dtype))
+        out = self.recognition_net(self.combine(x, y))
+        _check_output(out, "recognition", (*x.shape[:-1], 2 * self.z_dim), "loc and raw scale of q(z|x,y), 2 * z_dim "
+                      "columns")
+        return gaussian_head(out.to(x.dtype))
 
     def params(self, x: torch.Tensor, z: torch.Tensor, context: Context | None = None) -> torch.Tensor:
         """The generation net's output g(z, c): z (..., N, z_dim) -> (..., N, num_params * y_dim). Without an
         autoregressive term these are the parameters of p(y|x,z)."""
         context = context if context is not None else self.context(x)
-        return self.generation_net(z, context.generation_input).to(x.dtype)
+        out = self.generation_net(z, context.generation_input)
+        rows = tuple(z.shape[:-1])  # z's samples and examples, one example's z spread over all examples
+        if rows and rows[-1] == 1 and context.condition.dim() > 1:
+            rows = (*rows[:-1], context.condition.shape[-2])
+        _check_output(out, "generation", (*rows, self.likelihood.num_params * self.y_dim),
+                      f"the {self.likelihood!r} likelihood's {self.likelihood.num_params} parameter(s) per dimension "
+                      "of y: num_params * y_dim columns")
+        return out.to(x.dtype)
 
     def log_likelihood(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
                        context: Context | None = None) -> torch.Tensor:
@@ -176,10 +191,15 @@ class ConditionalVAE(Recorded):
         """
         parameter = next(self.parameters())
         check_matrix(x, "x", self.x_dim, "x_dim", parameter.dtype)
-        check_num_samples(num_samples)
-        check_generator(generator, parameter.device)
+        num_samples = check_num_samples(num_samples)
+        generator = check_generator(generator, parameter.device)
         x = x.to(parameter.device)
-        with autocast(resolve(precision, x.device), x.device):
+        what = f"num_samples={num_samples} draws for {x.shape[0]} row(s) of x"
+        remedy = "draw fewer at a time (several calls, or fewer rows of x per call)"
+        # z, the generation net's output and the draws, at the least
+        check_fits(num_samples * x.shape[0] * (self.z_dim + (self.likelihood.num_params + 1) * self.y_dim),
+                   parameter.dtype, x.device, what, remedy)
+        with naming(f"{what}: {remedy}"), autocast(resolve(precision, x.device), x.device):
             return self._sample(x, num_samples, generator, mean)
 
     def _sample(self, x: torch.Tensor, num_samples: int, generator: torch.Generator | None,
@@ -213,6 +233,16 @@ class ConditionalVAE(Recorded):
             arguments["baseline"] = {"model": Regressor.legacy_record(config["baseline"])}
         return {"class": qualified_name(cls), "args": arguments,
                 "modules": list(config.get("custom", []))}
+
+
+def _check_output(out: object, module: str, shape: tuple[int, ...], meaning: str) -> None:
+    """A ValueError naming the network (the user's module given as ``module``=, or the default one) that returned
+    something other than a tensor of the shape the model reads (``meaning``: what its columns are)."""
+    if isinstance(out, torch.Tensor) and tuple(out.shape) == tuple(shape):
+        return
+    got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+    raise ValueError(f"the {module} network ({module}=) returned {got}, expected shape {tuple(shape)}: {meaning}. "
+                     f"Make the {module} module return that many columns.")
 
 
 def _check_baseline_likelihood(baseline: nn.Module | None, likelihood: likelihoods.Likelihood) -> None:

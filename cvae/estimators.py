@@ -71,10 +71,10 @@ def _reduce_samples(
     num_samples draws of z from the proposal ("prior" or "posterior"). x, y: (N, x_dim), (N, y_dim) -> (N,), on
     the model's device. With progress, a bar over the samples when the work is large (PROGRESS_WORK) and stderr
     is a terminal. precision: of the networks' matrix products (``cvae.precision.resolve``)."""
-    check_num_samples(num_samples)
+    num_samples = check_num_samples(num_samples)
     check_data(model, x, y)
     device = next(model.parameters()).device
-    check_generator(generator, device)
+    generator = check_generator(generator, device)
     x, y = x.to(device), y.to(device)
     with autocast(resolve(precision, device), device):
         return _reduce_blocks(model, x, y, num_samples, proposal, log_weight, reduce, generator, progress)

@@ -141,18 +141,17 @@ def _format_value(value: torch.Tensor) -> str:
     return repr(value.item())
 
 
-def _fixed_scale(scale: object, also_float32: bool = False) -> float | None:
-    """A fixed scale as a float, or None (learned); a ValueError for anything but a positive finite number (with
-    also_float32, also for one that float32 rounds to 0 or inf)."""
+def _fixed_scale(scale: object) -> float | None:
+    """A fixed scale as a float, or None (learned); a ValueError for anything but a positive finite number, and for
+    one that float32 rounds to 0 or inf (the scale of a float32 model)."""
     if scale is None:
         return None
     if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a positive finite float or None (learned), not {scale!r}")
-    if also_float32:
-        in_float32 = torch.tensor(float(scale), dtype=torch.float32).item()  # rounds to 0 or inf without a warning
-        if not 0 < in_float32 < math.inf:
-            raise ValueError(f"scale must be a positive finite float or None (learned), not {scale!r}, which is "
-                             f"{in_float32} in float32")
+    in_float32 = torch.tensor(float(scale), dtype=torch.float32).item()  # rounds to 0 or inf without a warning
+    if not 0 < in_float32 < math.inf:
+        raise ValueError(f"scale must be a positive finite float or None (learned), not {scale!r}, which is "
+                         f"{in_float32} in float32")
     return float(scale)
 
 
@@ -269,8 +268,7 @@ class Gaussian(Likelihood):
 
     scale=None (the default) learns the scale: num_params 2, params = [loc (D), raw (D)] split with
     chunk(2, -1), scale = softplus(raw) + MIN_SCALE (the convention of the library's Gaussian heads). A positive
-    float fixes
-    it: num_params 1, params = loc.
+    float fixes it: num_params 1, params = loc; a scale that float32 rounds to 0 or inf is refused.
     """
 
     name = "gaussian"
@@ -385,7 +383,7 @@ class Laplace(Likelihood):
     support = "the finite reals"
 
     def __init__(self, scale: float | None = None):
-        self.scale = _fixed_scale(scale, also_float32=True)
+        self.scale = _fixed_scale(scale)
 
     @property
     def num_params(self) -> int:

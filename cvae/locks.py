@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import distributed
+from . import distributed, jsonfiles
 
 LOCK_NAME = ".cvae.lock"
 
@@ -81,7 +81,7 @@ def _remove_empty(created: list[Path]) -> None:
 
 def _holder(fd: int) -> dict:
     try:
-        info = json.loads(os.pread(fd, 4096, 0).decode())
+        info = jsonfiles.loads(os.pread(fd, 4096, 0))
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}

@@ -72,7 +72,15 @@ class ConcatGeneration(nn.Module):
 
     def forward(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         rows = torch.cat([z, condition.expand(*z.shape[:-1], condition.shape[-1])], dim=-1)
-        return self.net(rows.reshape(-1, rows.shape[-1])).reshape(*z.shape[:-1], -1)
+        rows = rows.reshape(-1, rows.shape[-1])
+        out = self.net(rows)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != rows.shape[0]:
+            got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else \
+                f"a {type(out).__name__}"
+            raise ValueError(f"the generation network (generation=) returned {got} for rows [z, c] of shape "
+                             f"{tuple(rows.shape)}, expected ({rows.shape[0]}, num_params * y_dim): one row of the "
+                             "likelihood's parameters for each row [z, c]. Make the generation module return that.")
+        return out.reshape(*z.shape[:-1], -1)
 
 
 class Concatenate(nn.Module):

@@ -18,19 +18,21 @@ from torch import nn
 from . import likelihoods
 from .networks import check_autoregression, fill_in_order, mlp
 from .records import Recorded, qualified_name
+from .settings import is_integer
 
 
 def check_sizes(x_dim: object, y_dim: object, hidden: object, **more: object) -> tuple:
-    """Positive integer widths and a non-empty sequence of positive hidden widths, returned as ints and a tuple."""
+    """Positive integer widths (Python's or numpy's integers) and a non-empty sequence of positive hidden widths,
+    returned as ints and a tuple of ints."""
     sizes = {"x_dim": x_dim, "y_dim": y_dim, **more}
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_integer(value) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if (isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden
-            or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden)):
+            or any(not is_integer(h) or h < 1 for h in hidden)):
         raise ValueError(f"hidden must be a non-empty sequence of positive integers (hidden layer widths), "
                          f"e.g. (64, 64); got {hidden!r}")
-    return (*sizes.values(), tuple(hidden))
+    return (*(int(value) for value in sizes.values()), tuple(int(h) for h in hidden))
 
 
 class Regressor(Recorded):

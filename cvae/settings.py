@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,9 @@ PRECISIONS = ("auto", "fp32", "bf16")  # the networks' matrix products (cvae.pre
 MAX_SEED = 2**32 - 1
 MAX_EPOCHS = 1_000_000  # below the stride of the data-order seeds (seed * 1_000_003 + epoch, cvae.training)
 UP_TO_MAX_EPOCHS = f"an integer of at least 0 and at most {MAX_EPOCHS}"
+# float32's range of normal numbers: the networks, their optimizer and their losses compute in float32 (or less), and
+# the commands flush smaller numbers to zero (cvae.paper.cli.start_torch)
+FLOAT32_TINY, FLOAT32_MAX = 2.0 ** -126, (2 - 2.0 ** -23) * 2.0 ** 127
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,8 @@ def setting(default: Any, help: str, check: Callable[[object], str | None] | Non
 
 
 def is_integer(value: object) -> bool:
-    """An int (numpy's integers included, which have __index__), not a bool."""
-    return not isinstance(value, bool) and hasattr(value, "__index__") and not isinstance(value, float)
+    """An int (numpy's integers included, which are numbers.Integral), not a bool (Python's or numpy's)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_number(value: object) -> bool:
@@ -91,10 +95,13 @@ class TrainingSettings:
 
     epochs: int = setting(50, "at most this many epochs",
                           integer(1, MAX_EPOCHS, f"an integer of at least 1 and at most {MAX_EPOCHS}"))
-    patience: int = setting(3, "epochs without improvement of the validation loss before stopping", integer(1))
+    patience: int = setting(3, "epochs without improvement of the validation loss before stopping",
+                            integer(1, MAX_EPOCHS, f"an integer of at least 1 and at most {MAX_EPOCHS}"))
     batch_size: int = setting(128, "examples per step (under torchrun: the global batch, shared by the processes)",
                               integer(1))
-    lr: float = setting(1e-3, "Adam's learning rate", real(lambda v: v > 0, "a positive finite number, e.g. 1e-3"))
+    lr: float = setting(1e-3, "Adam's learning rate", real(
+        lambda v: FLOAT32_TINY <= v <= FLOAT32_MAX, "a positive finite number that float32 holds (from 1.2e-38 to "
+        "3.4e38), e.g. 1e-3"))
     weight_decay: float = setting(0.0, "Adam's L2 penalty on the weights (0: none, the paper's)",
                                   real(lambda v: 0 <= v <= 1, "a number from 0 to 1, e.g. 1e-5"))
     seed: int = setting(0, "of the initial weights, the data order and the noise",
@@ -108,7 +115,8 @@ class TrainingSettings:
     iw_samples: int = setting(5, "samples of z per example in the iwae objective",
                               integer(1))
     lr_decay: float = setting(1.0, "the learning rate of epoch e (from 0) is lr * lr_decay ** e (1: constant)",
-                              real(lambda v: 0 < v <= 1, "a number above 0 and at most 1, e.g. 0.95"))
+                              real(lambda v: FLOAT32_TINY <= v <= 1, "a number above 0 and at most 1 (at least "
+                                   "1.2e-38, float32's smallest normal number), e.g. 0.95"))
     kl_warmup: int = setting(
         0, "epochs over which the KL term's weight rises linearly from 0 to 1 (Bowman et al. 2016; 0: always 1, the "
         "paper's); patience counts from its end", integer(0, MAX_EPOCHS, UP_TO_MAX_EPOCHS))
@@ -188,6 +196,16 @@ def _setting(f: dataclasses.Field) -> Setting:
 FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(TrainingSettings)
 NAMES = tuple(f.name for f in FIELDS)
 SETTINGS: dict[str, Setting] = {f.name: _setting(f) for f in FIELDS}
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """seed as an int when it is one a training seed may be (0 .. MAX_SEED: every generator seed derived from it,
+    such as seed + block * 1_000_003, stays within torch's 64 bits); else a ValueError naming it."""
+    problem = SETTINGS["seed"].check(seed)
+    if problem:
+        raise ValueError(f"{name} must be {problem} (the generator seeds derived from it must stay within 64 bits), "
+                         f"got {seed!r}")
+    return int(seed)
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in FIELDS}
 # Named sets of values. "paper": the declared defaults. "anti_collapse": fit's defaults, against a latent that the
 # decoder learns to ignore: a KL warm-up over 10 epochs, the learning rate halved after every 2 epochs without a new

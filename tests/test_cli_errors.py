@@ -135,6 +135,38 @@ def unsafe(ws: Workspace) -> dict:
     return {"kind": _Unsafe(ws.root / "pwned")}
 
 
+def options(content: str | bytes, name: str = "options.json") -> Callable[[Workspace], object]:
+    """Write a file of options for --config (name) into the workspace's root."""
+    def prepare(ws: Workspace) -> None:
+        path = ws.root / name
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return prepare
+
+
+def with_config(name: str = "options.json") -> Callable[[Workspace], list[str]]:
+    return lambda ws: ["--config", str(ws.root / name)]
+
+
+def saved_config(**changes: object) -> Callable[[Workspace], object]:
+    """The run's config.json with values of its "config" changed (as a hand edit, or an older version, would)."""
+    def prepare(ws: Workspace) -> None:
+        path = ws.run / "config.json"
+        saved = json.loads(path.read_text())
+        saved["config"].update(changes)
+        path.write_text(json.dumps(saved))
+    return prepare
+
+
+def saved_text(text: str) -> Callable[[Workspace], object]:
+    return lambda ws: (ws.run / "config.json").write_text(text)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than Python's recursion
+NESTED_40 = '{"epochs": ' + "[" * 40 + "]" * 40 + "}"  # parses, but deeper than any file of a run
+TWICE = '{"epochs": 2, "epochs": 3}'
+BIG = "[" + "0, " * (6 << 20) + "0]"  # 18 MiB of valid JSON
+
+
 NO_CUDA, HAS_CUDA = "cuda is not available", torch.cuda.is_available()
 TRAIN_CASES = [
     Case("quadrants-0", args("--quadrants", "0"), ("--quadrants", "'0'", "must be 1, 2 or 3")),
@@ -196,6 +228,49 @@ TRAIN_CASES = [
     Case("resume-state-of-other-setting", resume(),
          ("q2/cvae_state.pt", "not a training state for this model", "size mismatch", "Delete it"),
          prepare=unfinished(2, copy("q1/cvae_state.pt", "q2/cvae_state.pt"))),
+    # numbers that float32 or the code cannot hold, options that contradict each other (third round)
+    Case("free-bits-1e39", args("--free-bits", "1e39"), ("--free-bits", "'1e39'", "at most 1e6")),
+    Case("aux-weight-1e39", args("--aux-weight", "1e39"), ("--aux-weight", "'1e39'", "at most 1e6")),
+    Case("lr-above-float32", args("--lr", "1e39"), ("--lr", "'1e39'", "float32", "3.4e38")),
+    Case("lr-below-float32", args("--lr", "1e-50"), ("--lr", "'1e-50'", "float32", "1.2e-38")),
+    Case("lr-decay-below-float32", args("--lr-decay", "1e-50"), ("--lr-decay", "'1e-50'", "1.2e-38")),
+    Case("alpha-1e39", args("--alpha", "1e39"), ("--alpha", "'1e39'", "from 0 to 1")),
+    Case("patience-huge", args("--patience", "10000000"), ("--patience", "'10000000'", "at most 1000000")),
+    Case("kl-warmup-huge", args("--kl-warmup", "10000000"), ("--kl-warmup", "'10000000'", "at most 1000000")),
+    Case("lr-halving-huge", args("--lr-halving", "10000000"), ("--lr-halving", "'10000000'", "at most 1000000")),
+    Case("ar-window-no-term", args("--ar-window", "5"), ("--ar-window 5 needs --autoregressive", "--ar-window 0")),
+    Case("kl-warmup-not-below-epochs", args("--kl-warmup", "2"),
+         ("--kl-warmup 2 is not below --epochs 2", "whole objective", "more --epochs")),
+    Case("continuous-bernoulli-binarize", args("--likelihood", "continuous-bernoulli", "--binarize"),
+         ("--likelihood continuous-bernoulli with --binarize", "gray levels", "--no-binarize")),
+    Case("continuous-bernoulli-sample-targets", args("--likelihood", "continuous-bernoulli", "--sample-targets"),
+         ("--likelihood continuous-bernoulli with --sample-targets", "--no-sample-targets")),
+    Case("sample-k-huge", args("--sample-k", "1000000000"), ("--sample-k 1000000000", "GiB", "smaller --sample-k")),
+    Case("binarizations-huge", args("--binarizations", "1000000000"),
+         ("--binarizations 1000000000", "GiB", "smaller --binarizations")),
+    # --config files: bounded reading, and the same checks as the command line
+    Case("config-dev-zero", args("--config", "/dev/zero"), ("--config /dev/zero", "larger than 16 MiB")),
+    Case("config-too-large", with_config(), ("--config", "larger than 16 MiB"), prepare=options(BIG)),
+    Case("config-deep", with_config(), ("--config", "nested too deeply"), prepare=options(DEEP)),
+    Case("config-nested-40", with_config(), ("--config", "nested too deeply", "32 levels"),
+         prepare=options(NESTED_40)),
+    Case("config-key-twice", with_config(), ("--config", 'the key "epochs" twice'), prepare=options(TWICE)),
+    Case("config-huge-integer", with_config(), ("--config", "not valid JSON"),
+         prepare=options('{"epochs": ' + "9" * 5000 + "}")),
+    Case("config-free-bits-1e39", with_config(), ("--config", '"free_bits" is 1e+39', "at most 1e6"),
+         prepare=options('{"free_bits": 1e39}')),
+    Case("config-ar-window-no-term", with_config(), ("--config", "--ar-window 5 needs --autoregressive"),
+         prepare=options('{"ar_window": 5}')),
+    # --resume of a config.json that cannot be read back, or holds what a new run would be refused
+    Case("resume-free-bits-1e39", resume(), ("config.json", '"free_bits" is 1e+39', "at most 1e6"),
+         prepare=unfinished(1, saved_config(free_bits=1e39))),
+    Case("resume-lr-above-float32", resume(), ("config.json", '"lr" is 1e+39', "float32"),
+         prepare=unfinished(1, saved_config(lr=1e39))),
+    Case("resume-kl-warmup-not-below-epochs", resume(), ("config.json", '"kl_warmup" is 2, not below "epochs" 2'),
+         prepare=unfinished(1, saved_config(kl_warmup=2))),
+    Case("resume-deep", resume(), ("config.json is unreadable", "nested too deeply"), prepare=saved_text(DEEP)),
+    Case("resume-key-twice", resume(), ("config.json is unreadable", 'the key "config" twice'),
+         prepare=saved_text('{"config": {}, "config": {}}')),
 ]
 
 EVALUATE_CASES = [
@@ -235,6 +310,12 @@ EVALUATE_CASES = [
          prepare=lambda ws: ws.damage_data("t10k-labels-idx1-ubyte", "alter")),
     Case("classifier-foreign", on_run(), ("mnist_cnn.pt", "not a digit_classifier", "Delete it"),
          prepare=lambda ws: ws.replace_classifier(_model("baseline"))),
+    Case("sample-k-huge", on_run("--sample-k", "1000000000"), ("--sample-k 1000000000", "GiB", "smaller --sample-k")),
+    Case("binarizations-huge", on_run("--binarizations", "1000000000"),
+         ("--binarizations 1000000000", "GiB", "smaller --binarizations")),
+    Case("config-deep", on_run(), ("config.json is unreadable", "nested too deeply"), prepare=saved_text(DEEP)),
+    Case("config-key-twice", on_run(), ("config.json is unreadable", 'the key "finished" twice'),
+         prepare=saved_text('{"finished": true, "finished": false}')),
 ]
 
 

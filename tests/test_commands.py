@@ -104,10 +104,11 @@ def test_the_cvae_training_options_reach_the_cvae_and_not_the_baseline(mnist_dir
 
     real = experiment.train_loop
     monkeypatch.setattr(experiment, "train_loop", recording)
-    status, err = new_run(mnist_dir, tmp_path / "run", "--kl-warmup", "3", "--sample-targets", "--free-bits", "0.25")
+    status, err = new_run(mnist_dir, tmp_path / "run", "--epochs", "2", "--kl-warmup", "1", "--sample-targets",
+                          "--free-bits", "0.25")
     assert status == 0, err
     # the baseline has no KL term, and trains on the gray targets: the same NN whatever the CVAE's options
-    assert seen == [("BaselineNet", 0, False, 0.0), ("CVAE", 3, True, 0.25)]
+    assert seen == [("BaselineNet", 0, False, 0.0), ("CVAE", 1, True, 0.25)]
 
 
 def test_config_starts_a_new_run_like_another(mnist_dir: Path, tmp_path: Path, finished_run: Path) -> None:

@@ -618,18 +618,20 @@ def test_bad_constructor_arguments_are_rejected(arguments, match):
 
 @pytest.mark.parametrize("arguments, match", [
     (dict(epochs=0), "epochs must be an integer of at least 1 and at most 1000000, got 0"),
-    (dict(lr=-1), r"lr must be a positive finite number, e.g. 1e-3, got -1"),
-    (dict(lr=0.0), r"lr must be a positive finite number, e.g. 1e-3, got 0.0"),
-    (dict(lr=math.nan), "lr must be a positive finite number, e.g. 1e-3, got nan"),
+    (dict(lr=-1), r"lr must be a positive finite number that float32 holds .*, e.g. 1e-3, got -1"),
+    (dict(lr=0.0), r"lr must be a positive finite number that float32 holds .*, e.g. 1e-3, got 0.0"),
+    (dict(lr=math.nan), "lr must be a positive finite number that float32 holds .*, e.g. 1e-3, got nan"),
+    (dict(lr=1e39), r"lr must be a positive finite number that float32 holds \(from 1.2e-38 to 3.4e38\), e.g. 1e-3, "
+                    "got 1e"),
     (dict(objective="foo"), "objective must be one of 'elbo', 'gsnn', 'hybrid', 'iwae', got 'foo'"),
     (dict(batch_size=0), "batch_size must be an integer of at least 1, got 0"),
-    (dict(patience=1.5), "patience must be an integer of at least 1, got 1.5"),
+    (dict(patience=1.5), "patience must be an integer of at least 1 and at most 1000000, got 1.5"),
     (dict(seed=-1), "seed must be an integer of at least 0 and at most 4294967295, got -1"),
     (dict(alpha=1.5), r"alpha must be a number from 0 to 1, e.g. 0.5, got 1.5"),
     (dict(iw_samples=0), "iw_samples must be an integer of at least 1, got 0"),
     (dict(train=TRAIN[0]), "train must be a pair"),
     (dict(val=(VAL[0],)), "val must be a pair"),
-], ids=["epochs=0", "lr=-1", "lr=0", "lr=nan", "objective=foo", "batch_size=0", "patience=1.5", "seed=-1",
+], ids=["epochs=0", "lr=-1", "lr=0", "lr=nan", "lr=1e39", "objective=foo", "batch_size=0", "patience=1.5", "seed=-1",
         "alpha=1.5", "iw_samples=0", "train-not-a-pair", "val-not-a-pair"])
 def test_bad_fit_arguments_are_rejected_before_training(arguments, match):
     model = small_model()

@@ -474,6 +474,9 @@ def test_paper_table_refuses_to_average_different_configurations_as_seeds(tmp_pa
         (run / "results.json").read_text(encoding="utf-8").replace('"seed": 1', '"seed": 5'), encoding="utf-8"),
      "another run"),
     (lambda run: (run / "results.json").unlink(), "evaluate the run first"),
+    (lambda run: (run / "results.json").write_text("[" * 100_000 + "]" * 100_000), "nested too deeply"),
+    (lambda run: (run / "results.json").write_text('{"seed": 1, "seed": 1}'), 'the key "seed" twice'),
+    (lambda run: (run / "config.json").write_text('{"config": ' + "[" * 50 + "]" * 50 + "}"), "nested too deeply"),
 ])
 def test_paper_table_names_a_corrupt_or_foreign_results_file(tmp_path, damage, expected):
     runs = [fake_run(tmp_path / "a", 0), fake_run(tmp_path / "b", 1)]

@@ -147,6 +147,17 @@ ERROR_CASES: list[tuple[str, Callable[[Path], object], dict[str, str], tuple[str
     ("out-not-png", lambda ws: None, {"--out": "grid.jpg"}, ("--out", "grid.jpg does not end in .png")),
     ("out-directory", lambda ws: (ws / "grids.png").mkdir(), {"--out": "grids.png"}, ("--out", "is a directory")),
     ("out-is-the-image", lambda ws: None, {"--out": "digit.png"}, ("--out", "is the --image itself")),
+    ("image-eps", lambda ws: Image.fromarray(np.zeros((28, 28), np.uint8)).save(ws / "digit.eps"),
+     {"--image": "digit.eps"}, ("--image", "digit.eps is not an image in a format this command reads", "PNG")),
+    ("image-float-0-255", lambda ws: Image.fromarray(digit().numpy() * 255).save(ws / "digit.tif"),
+     {"--image": "digit.tif"}, ("digit.tif holds floating-point pixels from 0 to 255", "gray levels in [0, 1]")),
+    ("image-float-nan", lambda ws: Image.fromarray(np.full((28, 28), np.nan, np.float32)).save(ws / "nan.tif"),
+     {"--image": "nan.tif"}, ("nan.tif holds floating-point pixels", "non-finite")),
+    ("image-negative-integers", lambda ws: Image.fromarray(np.full((28, 28), -5, np.int32)).save(ws / "neg.tif"),
+     {"--image": "neg.tif"}, ("neg.tif holds negative gray levels", "-5")),
+    ("image-transparent", lambda ws: Image.new("RGBA", (28, 28)).save(ws / "clear.png"), {"--image": "clear.png"},
+     ("clear.png is transparent everywhere",)),
+    ("n-too-many", lambda ws: None, {"-n": "1000000"}, ("-n", "'1000000'", "at most 1000", "pixels")),
 ]
 
 
@@ -177,3 +188,120 @@ def test_the_module_runs_as_a_program_and_exits_2_on_bad_input(tmp_path: Path) -
     assert proc.returncode == 2, proc.stderr
     assert "error: --image" in proc.stderr and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------ images on other scales, other formats
+def _written(workspace: Path, name: str, pixels: np.ndarray, **save: object) -> Path:
+    Image.fromarray(pixels).save(workspace / name, **save)
+    return workspace / name
+
+
+@pytest.mark.parametrize("name, pixels", [
+    ("digit16.png", lambda d: (d * 65535).round().astype(np.uint16)),
+    ("digit16.tif", lambda d: (d * 65535).round().astype(np.uint16)),
+    ("float32.tif", lambda d: d.astype(np.float32)),
+    ("int32.tif", lambda d: (d.astype(np.float64) * (2**31 - 1)).round().astype(np.int32)),
+], ids=["png-16-bit", "tiff-16-bit", "tiff-float32", "tiff-int32"])
+def test_images_of_more_than_8_bits_are_read_on_their_own_scale(tmp_path: Path, name: str,
+                                                                 pixels: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Read on their own scale, not clipped to white (as converting them to 8-bit gray did)."""
+    path = _written(tmp_path, name, pixels(digit().numpy()))
+    np.testing.assert_allclose(sample.read_image(path).numpy(), digit().numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("ink, expected", [(0, "dark"), (255, "light")])
+def test_ink_on_a_transparent_background_is_laid_on_the_background_it_stands_out_from(tmp_path: Path, ink: int,
+                                                                                     expected: str) -> None:
+    """Black ink on transparent (which reading the gray channel alone made all black: the digit vanished) is laid
+    on white, white ink on black: the digit shows, and dark ink gets the --invert note as on paper."""
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., :3] = ink
+    rgba[..., 3] = (digit().numpy() * 255).round()
+    path = _written(tmp_path, "ink.png", rgba)
+    read = sample.read_image(path).numpy()
+    np.testing.assert_allclose(read, digit().numpy() if expected == "light" else 1 - digit().numpy(), atol=1.5 / 255)
+
+
+def test_a_transparent_dark_digit_gets_the_invert_note_and_invert_reads_it(workspace: Path) -> None:
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 3] = (digit().numpy() * 255).round()
+    _written(workspace, "ink.png", rgba)
+    base = [str(workspace / "run"), "--image", str(workspace / "ink.png"), "--quadrants", "1", "-n", "1"]
+    status, _, err = run_sample(base)
+    assert status == 0 and "dark ink on a light background" in err and "--invert" in err, err
+    status, _, err = run_sample([*base, "--invert", "--out", str(workspace / "inverted.png")])
+    assert status == 0 and "note" not in err, err
+    bottom_left = QuadrantTask(1).input_mask.reshape(28, 28).numpy()
+    np.testing.assert_allclose(tile(workspace / "inverted.png", 0), np.where(bottom_left, digit().numpy(), GRAY),
+                               atol=2.5 / 255)
+
+
+def test_a_16_bit_png_completes_without_a_misleading_invert_note(workspace: Path) -> None:
+    _written(workspace, "digit16.png", (digit().numpy() * 65535).round().astype(np.uint16))
+    status, _, err = run_sample([str(workspace / "run"), "--image", str(workspace / "digit16.png"), "--quadrants",
+                                 "2", "-n", "1", "--device", "cpu"])
+    assert status == 0 and "note" not in err, err
+    left = QuadrantTask(2).input_mask.reshape(28, 28).numpy()
+    np.testing.assert_allclose(tile(workspace / "digit16_completed_q2.png", 0), np.where(left, digit().numpy(), GRAY),
+                               atol=1.5 / 255)
+
+
+def test_an_eps_file_starts_no_outside_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Formats whose reading needs another program (EPS: Ghostscript) are not opened at all."""
+    def no_program(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a program was started: {args}")
+
+    Image.fromarray((digit().numpy() * 255).astype(np.uint8)).save(tmp_path / "digit.eps")
+    monkeypatch.setattr(subprocess, "Popen", no_program)
+    monkeypatch.setattr(subprocess, "check_call", no_program)
+    with pytest.raises(cli.UserError, match="not an image in a format this command reads"):
+        sample.read_image(tmp_path / "digit.eps")
+
+
+def test_a_missing_decoder_is_not_called_corruption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = save_png(digit(), tmp_path / "digit.png")
+
+    def no_decoder(self: Image.Image, *args: object, **kwargs: object) -> None:
+        raise OSError("decoder zip not available")
+
+    monkeypatch.setattr(Image.Image, "convert", no_decoder)
+    with pytest.raises(cli.UserError) as error:
+        sample.read_image(path)
+    assert "lacks what its format needs" in str(error.value) and "corrupt" not in str(error.value)
+
+
+def test_a_write_failure_says_run_again_not_train_resume(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    import matplotlib.figure
+
+    def denied(self: object, path: object, *args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", denied)
+    status, _, err = run_sample([str(workspace / "run"), "--image", str(workspace / "digit.png"), "--quadrants",
+                                 "2", "-n", "1", "--device", "cpu"])
+    line = err.strip().splitlines()[-1]
+    assert status == cli.EXIT_FAILED and "Permission denied" in line and "run the command again" in line, err
+    assert "train.py" not in line and "--resume" not in line
+
+
+def test_running_out_of_memory_names_n(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(figures, "completions", no_memory)
+    status, _, err = run_sample([str(workspace / "run"), "--image", str(workspace / "digit.png"), "--quadrants",
+                                 "2", "-n", "7", "--device", "cpu"])
+    line = err.strip().splitlines()[-1]
+    assert status == cli.EXIT_FAILED and line.startswith("error: out of memory") and "-n 7" in line, err
+    assert "--batch-size" not in line and "--hidden" not in line
+
+
+def test_complete_names_a_seed_too_large_and_takes_numpy_integers(finished_run: Path) -> None:
+    with pytest.raises(ValueError, match="seed must be an integer of at least 0 and at most 4294967295"):
+        sample.complete(finished_run, digit(), 2, num_samples=1, seed=2**64)
+    completion = sample.complete(finished_run, digit(), np.int64(2), num_samples=np.int64(2), seed=np.int64(1))
+    assert completion.cvae.shape == (2, 28, 28)

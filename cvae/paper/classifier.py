@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cvae import checkpoints
+from cvae.settings import check_seed, is_integer
 
 from .data import Splits, load_splits
 from .quadrants import IMAGE_SIDE, NUM_PIXELS, QuadrantTask
@@ -40,11 +41,12 @@ class DigitClassifier(nn.Module):
 
     def __init__(self, channels: Sequence[int] = (16, 32), hidden: int = 128, dropout: float = 0.25):
         super().__init__()
-        if len(channels) != 2 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
+        if len(channels) != 2 or any(not is_integer(c) or c < 1 for c in channels):
             raise ValueError(f"channels must be two positive integers, got {channels!r}")
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        if not is_integer(hidden) or hidden < 1:
             raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
-        self.channels, self.hidden, self.dropout = (int(channels[0]), int(channels[1])), hidden, float(dropout)
+        channels, hidden = (int(channels[0]), int(channels[1])), int(hidden)
+        self.channels, self.hidden, self.dropout = channels, hidden, float(dropout)
         self.features = nn.Sequential(
             nn.Conv2d(1, channels[0], 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(channels[0], channels[1], 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))
@@ -99,6 +101,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3
     if images.dim() != 2 or images.shape[1] != NUM_PIXELS or labels.shape != images.shape[:1]:
         raise ValueError(f"images must be (N, {NUM_PIXELS}) and labels (N,), got {tuple(images.shape)} and "
                          f"{tuple(labels.shape)}")
+    check_seed(seed)
     with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
         torch.manual_seed(seed)
         model = DigitClassifier(**options).to(images.device)

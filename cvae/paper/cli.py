@@ -235,10 +235,28 @@ def out_of_memory(error: BaseException) -> bool:
         isinstance(error, RuntimeError) and any(marker in str(error) for marker in _OUT_OF_MEMORY_MARKERS))
 
 
+@contextlib.contextmanager
+def blame_memory(what: str) -> Iterator[None]:
+    """An allocation that fails in the block is put down to ``what`` (e.g. "--sample-k 1000: K completions of every
+    test image ...; lower --sample-k"): a note on the error, which out_of_memory_message says instead of its list of
+    options. The outermost note is the one said (the command's words, over the library's)."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        if out_of_memory(error):
+            error.add_note(what)
+        raise
+
+
 def out_of_memory_message(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     cause = re.sub(r"^\[enforce fail at [^\]]*\]\s*(data\.\s*)?", "", lines[0]) if lines else type(error).__name__
     cause = cause if len(cause) <= 200 else cause[:200] + " [...]"
+    notes = getattr(error, "__notes__", None)
+    if notes:  # what asked for the memory (blame_memory)
+        return (f"error: out of memory ({cause.rstrip('. ')}) for {notes[-1].rstrip('. ')}; or free memory, or use "
+                "a device with more. Files already written are intact (each is written to a temporary file and "
+                "renamed into place).")
     return (f"error: out of memory ({cause.rstrip('. ')}). Lower what sets the size of the job: --batch-size, "
             "--hidden, --z-dim or --iw-samples for training (in a new run: --resume keeps a run's values), "
             "--num-samples or --test-subset for an evaluation; or free memory, or use a device with more. Files "
@@ -281,10 +299,10 @@ def failure(error: BaseException) -> tuple[str, int, bool] | None:
     if _raised(error, "training.NonFiniteLoss"):
         return f"error: {error}", EXIT_FAILED, False
     if isinstance(error, OSError):  # a full disk, a missing permission, a directory where a file should be
+        how = " ".join(getattr(error, "__notes__", ())) or "run the command again"  # a command's own, e.g. --resume
         return (f"error: could not read or write a file: {error}. Files already there are intact (each is written "
                 "to a temporary file and renamed into place). Free some space or fix the path or its permissions, "
-                "then run again (python train.py --resume RUN_DIR continues an interrupted training run).",
-                EXIT_FAILED, True)
+                f"then {how}.", EXIT_FAILED, True)
     if isinstance(error, RuntimeError):
         distributed = _imported("distributed")
         if distributed is not None and distributed.lost_peer(error):

@@ -178,7 +178,9 @@ class ExperimentOptions:
         """The configuration a dict (a saved config.json's "config") describes, after checking every value's type,
         range and name: a ValueError names the key and says what was wrong and what was expected. Unknown keys are
         refused, and so are missing ones, except those of LEGACY_DEFAULTS, which runs made before they existed
-        lack (they take the value those runs were made with)."""
+        lack (they take the value those runs were made with). Options that contradict each other are refused for a
+        new run (``from_options``) and a run's training resumed (``check_together``), not where a saved run is only
+        read: a run an earlier version made with them still evaluates."""
         if not isinstance(values, dict):
             raise ValueError(f"the configuration is {_shown(values)}, expected an object of settings such as "
                              '{"quadrants": [1, 2, 3], "epochs": 50, ...}')
@@ -215,11 +217,59 @@ class ExperimentOptions:
         values = RunConfig().to_dict() | (PRESETS.get(preset, {}) if isinstance(preset, str) else {}) | start
         if "preset" in given:  # given beside --config, the preset's values too override the file's
             values |= PRESETS[given["preset"]]
-        return cls.from_dict(values | given)
+        config = cls.from_dict(values | given)
+        config.check_together()
+        return config
+
+    def check_together(self) -> None:
+        """An OptionClash for the first pair of options that contradict each other (each checked alone already)."""
+        _check_together(self)
 
     @property
     def protocol(self) -> str:
         return "binarized" if self.binarize else "grayscale"
+
+
+class OptionClash(ValueError):
+    """Options of a run that do not go together: str() names them as a saved configuration does ("ar_window" is 5
+    but "autoregressive" is false), ``flags`` as train's command line does (--ar-window 5 needs --autoregressive)."""
+
+    def __init__(self, keys: str, flags: str):
+        super().__init__(keys)
+        self.flags = flags
+
+
+def _check_together(config: ExperimentOptions) -> None:
+    """An OptionClash for the first pair of options that contradict each other, each checked alone already."""
+    if config.ar_window and not config.autoregressive:
+        raise OptionClash(
+            f'"ar_window" is {config.ar_window} but "autoregressive" is false: the window is that of the '
+            'autoregressive term, which the model has only with "autoregressive" true',
+            f"--ar-window {config.ar_window} needs --autoregressive: the window is that of the autoregressive term, "
+            "which the model has only with --autoregressive. Give --autoregressive too, or --ar-window 0")
+    if config.aux_weight and not config.autoregressive:
+        raise OptionClash(
+            f'"aux_weight" is {config.aux_weight:g} but "autoregressive" is false: without the autoregressive term '
+            "the auxiliary loss is the reconstruction term itself",
+            "--aux-weight needs --autoregressive: without the term the auxiliary loss is the reconstruction term "
+            "itself. Give --autoregressive too, or --aux-weight 0")
+    if config.kl_warmup and config.kl_warmup >= config.epochs:
+        raise OptionClash(
+            f'"kl_warmup" is {config.kl_warmup}, not below "epochs" {config.epochs}: the KL term\'s weight rises '
+            'from 0 to 1 over the first "kl_warmup" epochs, so no epoch would train the whole objective (and early '
+            "stopping counts from the warm-up's end)",
+            f"--kl-warmup {config.kl_warmup} is not below --epochs {config.epochs}: the KL term's weight rises from 0 "
+            "to 1 over the first --kl-warmup epochs, so no epoch would train the whole objective (and early stopping "
+            "counts from the warm-up's end). Give a --kl-warmup below --epochs, or more --epochs")
+    if config.likelihood == "continuous-bernoulli":
+        for name, what in (("binarize", "binarized targets"), ("sample_targets", "binary targets drawn afresh")):
+            if getattr(config, name):
+                raise OptionClash(
+                    f'"likelihood" is \'continuous-bernoulli\' with "{name}" true: the continuous Bernoulli is a '
+                    f"density of gray levels in [0, 1], not the likelihood of {what} (the Bernoulli is)",
+                    f"--likelihood continuous-bernoulli with {flag(name)}: the continuous Bernoulli is a density of "
+                    f"gray levels in [0, 1], not the likelihood of {what} (the Bernoulli is). Give --likelihood "
+                    f"bernoulli, or --no-{flag(name)[2:]}")
 
 
 def flag(name: str) -> str:

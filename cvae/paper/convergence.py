@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cvae.estimators import cll_importance, cll_monte_carlo, negative_elbo
+from cvae.settings import check_seed
 
 from .evaluation import mean_and_sem
 from .models import CVAE
@@ -23,6 +24,7 @@ def estimates_versus_samples(model: CVAE, x: torch.Tensor, y: torch.Tensor, samp
                              desc: str = "") -> dict[str, dict[str, dict[str, float]]]:
     """{str(S): {estimator: {"mean", "sem"}}} in nats per image, over the images x, y (N, 784). A progress bar
     (on a terminal) advances by the samples drawn, S per estimator and image."""
+    check_seed(seed)
     model.eval()
     table = {}
     with tqdm(total=len(ESTIMATORS) * sum(sample_counts), disable=None if progress else True, leave=False,

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from cvae import distributed, precision
 from cvae.estimators import cll_importance, cll_monte_carlo, mean_and_sem, negative_elbo
+from cvae.settings import check_seed
 
 from .models import CVAE, BaselineNet
 
@@ -41,6 +42,7 @@ def per_image_cll(
     images from block first_block on (a process's share of the test set under torchrun). arithmetic: "fp32", or
     "bf16" for the networks' matrix products under autocast (``cvae.precision``; the sums stay float32).
     """
+    check_seed(seed)
     baseline.eval()
     cvae.eval()
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in KEYS}

@@ -16,6 +16,7 @@ import torch
 
 from cvae import checkpoints, distributed, precision, records
 from cvae.callbacks import TensorBoardLogger
+from cvae.inputs import memory_bytes
 from cvae.likelihoods import by_name
 from cvae.regressor import Regressor
 from cvae.settings import TrainingSettings
@@ -26,10 +27,13 @@ from .classifier import classifier_and_record
 from .cli import UserError
 from .config import RunConfig
 from .data import Splits
-from .evaluation import sharded_per_image_cll, summarize
+from .evaluation import BLOCK, sharded_per_image_cll, summarize
 from .models import CVAE, BaselineNet, expected_arguments, load_model
 from .quadrants import NUM_PIXELS, QuadrantTask
 from .runs import SettingPaths, setting_paths
+
+# history.json may be long: two models' entries of about 150 bytes for each of up to MAX_EPOCHS epochs
+HISTORY_BYTES = 1 << 29
 
 
 def task_data(images: torch.Tensor, task: QuadrantTask, binarize: bool,
@@ -88,16 +92,6 @@ def parameter_counts(config: RunConfig, k: int) -> tuple[int, int]:
     return mlp([NUM_PIXELS, *hidden, outputs]), 2 * gaussian + generation + autoregression
 
 
-def memory_bytes(device: torch.device) -> int | None:
-    """The memory of a device (a CPU's or MPS's: the machine's RAM), or None where it cannot be told."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
 def check_memory(config: RunConfig, device: torch.device, batch: int = 0) -> None:
     """A UserError when training this configuration cannot fit in the device's memory, by a lower bound: the
     CVAE's trainable parameters four times over (weights, gradients, Adam's two moments) and the frozen
@@ -123,6 +117,32 @@ def check_memory(config: RunConfig, device: torch.device, batch: int = 0) -> Non
         f"training needs at least {needed / 2 ** 30:,.1f} GiB (float32 weights, gradients and Adam's two "
         f"moments), more than the {total / 2 ** 30:,.1f} GiB of memory of {device}. Lower --hidden or --z-dim"
         + (" (or --batch-size, --iw-samples)" if batch else "") + ".")
+
+
+def check_evaluation_memory(config: RunConfig, device: torch.device, draws: int | None, sample_k: int) -> None:
+    """A UserError when the evaluation's draws beyond S cannot fit in the device's memory, by lower bounds, before any
+    work: draws (--binarizations T, or None where the true likelihood is not computed) binary images of each of a
+    block's BLOCK test images, uniforms and draws in float32; sample_k (--sample-k K) completions of one test image,
+    each its completed image, its output pixels and its z. (S, --num-samples, is not bounded: its samples are made
+    in chunks, in bounded memory.)"""
+    total = memory_bytes(device)
+    if total is None:
+        return
+    outputs = max(QuadrantTask(k).num_output_pixels for k in config.quadrants)
+    gib = f"more than the {total / 2 ** 30:,.1f} GiB of memory of {device}"
+    if draws:
+        needed = 4 * 2 * draws * BLOCK * outputs
+        if needed > total:
+            raise UserError(f"--binarizations {draws} draws {draws:,} binary images of the output pixels of each test "
+                            f"image, for {BLOCK} images at a time: at least {needed / 2 ** 30:,.1f} GiB, {gib}. Give "
+                            "a smaller --binarizations (default 1: more draws only lower the binarization noise of "
+                            "the true CLL).")
+    if sample_k:
+        needed = 4 * sample_k * (NUM_PIXELS + outputs + config.z_dim)
+        if needed > total:
+            raise UserError(f"--sample-k {sample_k} asks for {sample_k:,} completions of each test image: at least "
+                            f"{needed / 2 ** 30:,.1f} GiB for one image alone, {gib}. Give a smaller --sample-k "
+                            "(default 10; 0 leaves the sample metrics out).")
 
 
 def train_setting(config: RunConfig, k: int, splits: Splits, run_dir: Path, device: torch.device,
@@ -177,7 +197,8 @@ def read_history(paths: SettingPaths) -> dict[str, list[dict]]:
     """A setting's history.json: {"baseline": [...], "cvae": [...]}, the per-epoch losses of both models."""
     return checkpoints.read_json(
         paths.history, "history.json",
-        "Delete it to evaluate without its training curves, or restore it from a copy of the run.")
+        "Delete it to evaluate without its training curves, or restore it from a copy of the run.",
+        limit=HISTORY_BYTES)
 
 
 def delete_states(run_dir: Path, quadrants: list[int]) -> int:

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from cvae.checkpoints import atomic_path  # noqa: E402
+from cvae.settings import check_seed  # noqa: E402
 
 from .models import CVAE, BaselineNet  # noqa: E402
 from .quadrants import IMAGE_SIDE, MISSING, QuadrantTask  # noqa: E402
@@ -43,7 +44,7 @@ def completions(baseline: BaselineNet, cvae: CVAE, x: torch.Tensor, num_samples:
     x's own pixels. The models are put in eval mode."""
     baseline.eval()
     cvae.eval()
-    generator = torch.Generator(x.device).manual_seed(seed)
+    generator = torch.Generator(x.device).manual_seed(check_seed(seed))
     task: QuadrantTask = cvae.task
     return task.combine(x, baseline(x)), task.combine(x, cvae.sample(x, num_samples, generator=generator, mean=True))
 

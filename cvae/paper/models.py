@@ -20,6 +20,7 @@ from torch import nn
 from cvae import likelihoods
 from cvae.checkpoints import CheckpointError
 from cvae.conditional_vae import ConditionalVAE
+from cvae.inputs import check_device
 from cvae.records import encode, qualified_name
 from cvae.regressor import Regressor
 
@@ -175,7 +176,7 @@ class CVAE(ConditionalVAE):
 def _from_run(run_dir: str | Path, quadrants: int, kind: str, device: str | torch.device) -> BaselineNet | CVAE:
     """The best checkpoint of kind "baseline" or "cvae" of a finished run for setting quadrants, in eval mode on
     device (``BaselineNet.from_run``, ``CVAE.from_run``)."""
-    k, run_dir = check_num_quadrants(quadrants), Path(run_dir)
+    k, run_dir, device = check_num_quadrants(quadrants), Path(run_dir), check_device(device)
     saved = read_run(run_dir)
     if not saved.get("finished"):
         raise UserError(f"{run_dir} has not finished training (it was interrupted, or is still running), so its "
@@ -188,7 +189,7 @@ def _from_run(run_dir: str | Path, quadrants: int, kind: str, device: str | torc
                         f"trained {'only ' if one else ''}--quadrants {trained}. Use "
                         f"{'that' if one else 'one of those'}, or train a run with --quadrants {k}.")
     path = getattr(setting_paths(run_dir, k), kind)
-    return load_model(path, kind, k, config, torch.device(device)).eval()
+    return load_model(path, kind, k, config, device).eval()
 
 
 def expected_arguments(kind: str, k: int, config: RunConfig) -> dict:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from cvae.settings import is_integer
+
 from .choices import IMAGE_SIDE
 
 NUM_PIXELS = IMAGE_SIDE * IMAGE_SIDE
@@ -22,12 +24,12 @@ INPUT_QUADRANTS = {1: ((1, 0),), 2: ((0, 0), (1, 0)), 3: ((0, 0), (0, 1), (1, 0)
 
 def check_num_quadrants(k: object) -> int:
     """Return k as an int when it is 1, 2 or 3; raise ValueError saying what is allowed otherwise."""
-    if isinstance(k, bool) or not isinstance(k, int) or k not in INPUT_QUADRANTS:
+    if not is_integer(k) or k not in INPUT_QUADRANTS:
         raise ValueError(
             f"the number of input quadrants must be 1, 2 or 3 (got {k!r}): the model sees k of the "
             "four 14x14 quadrants of a digit and predicts the other 4 - k."
         )
-    return k
+    return int(k)
 
 
 class QuadrantTask:

@@ -29,8 +29,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cvae import distributed, precision
+from cvae.settings import check_seed, is_integer
 
 from .classifier import class_probabilities, completed_images
+from .cli import blame_memory
 from .evaluation import BLOCK, BLOCK_SEED_STRIDE, mean_and_sem, process_share
 from .models import CVAE, BaselineNet
 from .sample_metrics import active_units, best_of_k_error, classifier_scores, latent_statistics
@@ -72,11 +74,10 @@ def true_likelihood_applies(likelihood: str, binarize: bool) -> bool:
 
 
 def _check_options(binarizations: object, sample_k: object) -> None:
-    if binarizations is not None and (isinstance(binarizations, bool) or not isinstance(binarizations, int)
-                                      or binarizations < 1):
+    if binarizations is not None and (not is_integer(binarizations) or binarizations < 1):
         raise ValueError(f"binarizations must be a positive integer or None (no true likelihood), got "
                          f"{binarizations!r}")
-    if isinstance(sample_k, bool) or not isinstance(sample_k, int) or sample_k < 0:
+    if not is_integer(sample_k) or sample_k < 0:
         raise ValueError(f"sample_k must be a non-negative integer (0: no sample metrics), got {sample_k!r}")
 
 
@@ -86,22 +87,34 @@ def _block_values(baseline: BaselineNet, cvae: CVAE, classifier: nn.Module | Non
     """The per-image values of one block of images (block: its index), and its posterior means."""
     values = {}
     if binarizations:
-        values["nn_true"] = nn_expected_nll(baseline, xb, yb, binarizations, seed, block)
-        for key, estimator in (("cvae_true_mc", "monte_carlo"), ("cvae_true_is", "importance")):
-            values[key] = cvae_expected_nll(cvae, xb, yb, binarizations, num_samples, estimator, seed, progress,
-                                            block)
+        with blame_memory(f"--binarizations {binarizations}: {binarizations:,} binary images drawn of each test image, "
+                          f"{BLOCK} images at a time; lower --binarizations"):
+            values["nn_true"] = nn_expected_nll(baseline, xb, yb, binarizations, seed, block)
+            for key, estimator in (("cvae_true_mc", "monte_carlo"), ("cvae_true_is", "importance")):
+                values[key] = cvae_expected_nll(cvae, xb, yb, binarizations, num_samples, estimator, seed, progress,
+                                                block)
     if sample_k:
-        generator = torch.Generator(xb.device).manual_seed(seed + SAMPLES_SEED_OFFSET + block * BLOCK_SEED_STRIDE)
-        with torch.inference_mode():
-            prediction = baseline(xb)[None]  # (1, n, D)
-            samples = cvae.sample(xb, sample_k, generator=generator, mean=True)  # (K, n, D)
-        kl, values["posterior_means"] = latent_statistics(cvae, xb, yb, generator)
-        nn_probs = class_probabilities(classifier, completed_images(xb, prediction, cvae.task))
-        scores = {"nn": classifier_scores(nn_probs.expand(sample_k, -1, -1)),
-                  "cvae": classifier_scores(class_probabilities(classifier, completed_images(xb, samples, cvae.task)))}
-        values |= {"nn_best_of_k": best_of_k_error(prediction, yb), "cvae_best_of_k": best_of_k_error(samples, yb),
-                   "cvae_sample_error": (samples - yb).square().sum(-1).mean(0), "cvae_kl": kl}
-        values |= {f"{model}_{name}": value for model, named in scores.items() for name, value in named.items()}
+        with blame_memory(f"--sample-k {sample_k}: {sample_k:,} completions of each test image, {xb.shape[0]} images "
+                          "at a time; lower --sample-k"):
+            values |= _sample_values(baseline, cvae, classifier, xb, yb, block, sample_k, seed)
+    return values
+
+
+def _sample_values(baseline: BaselineNet, cvae: CVAE, classifier: nn.Module | None, xb: torch.Tensor, yb: torch.Tensor,
+                   block: int, sample_k: int, seed: int) -> dict[str, torch.Tensor]:
+    """The sample metrics of one block of images (block: its index), and its posterior means."""
+    values = {}
+    generator = torch.Generator(xb.device).manual_seed(seed + SAMPLES_SEED_OFFSET + block * BLOCK_SEED_STRIDE)
+    with torch.inference_mode():
+        prediction = baseline(xb)[None]  # (1, n, D)
+        samples = cvae.sample(xb, sample_k, generator=generator, mean=True)  # (K, n, D)
+    kl, values["posterior_means"] = latent_statistics(cvae, xb, yb, generator)
+    nn_probs = class_probabilities(classifier, completed_images(xb, prediction, cvae.task))
+    scores = {"nn": classifier_scores(nn_probs.expand(sample_k, -1, -1)),
+              "cvae": classifier_scores(class_probabilities(classifier, completed_images(xb, samples, cvae.task)))}
+    values |= {"nn_best_of_k": best_of_k_error(prediction, yb), "cvae_best_of_k": best_of_k_error(samples, yb),
+               "cvae_sample_error": (samples - yb).square().sum(-1).mean(0), "cvae_kl": kl}
+    values |= {f"{model}_{name}": value for model, named in scores.items() for name, value in named.items()}
     return values
 
 
@@ -119,6 +132,7 @@ def per_image_sample_values(
     network's matrix products, the classifier's too (``cvae.precision``).
     """
     _check_options(binarizations, sample_k)
+    check_seed(seed)
     if sample_k and classifier is None:
         raise ValueError("the sample metrics (sample_k > 0) need a classifier of the completed images")
     baseline.eval()

@@ -20,6 +20,7 @@ import torch
 
 from cvae.conditional_vae import ConditionalVAE
 from cvae.distributions import DiagonalGaussian, GaussianMixture
+from cvae.inputs import check_num_samples
 from cvae.objectives import latent_kl as _latent_kl
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016)'s threshold on A_u
@@ -71,8 +72,7 @@ def latent_kl(posterior: DiagonalGaussian, prior: DiagonalGaussian | GaussianMix
               generator: torch.Generator | None = None) -> torch.Tensor:
     """KL(q(z|x,y) || p(z|x)) per image, (N,) nats (cvae.objectives.latent_kl): in closed form for a Gaussian
     prior; for a mixture prior the mean of log q(z) - log p(z) over num_samples draws z ~ q."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    num_samples = check_num_samples(num_samples)
     z = None if isinstance(prior, DiagonalGaussian) else posterior.rsample((num_samples,), generator=generator)
     return _latent_kl(posterior, prior, z).mean(0)
 

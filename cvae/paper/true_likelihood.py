@@ -39,6 +39,7 @@ from cvae.conditional_vae import ConditionalVAE
 from cvae.estimators import cll_importance, cll_monte_carlo
 from cvae.inputs import check_matrix
 from cvae.regressor import Regressor
+from cvae.settings import check_seed, is_integer
 
 from .evaluation import BLOCK, BLOCK_SEED_STRIDE
 
@@ -47,9 +48,9 @@ CVAE_ESTIMATORS = {"importance": cll_importance, "monte_carlo": cll_monte_carlo}
 
 
 def check_num_draws(num_draws: object) -> int:
-    if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
+    if not is_integer(num_draws) or num_draws < 1:
         raise ValueError(f"num_draws must be a positive integer (binarizations per image), got {num_draws!r}")
-    return num_draws
+    return int(num_draws)
 
 
 def _check_targets(y: object) -> torch.Tensor:
@@ -64,8 +65,9 @@ def _check_targets(y: object) -> torch.Tensor:
     return y
 
 
-def _check_pair(x: object, y: object, num_draws: object) -> None:
+def _check_pair(x: object, y: object, num_draws: object, seed: object) -> None:
     check_num_draws(num_draws)
+    check_seed(seed)
     _check_targets(y)
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] != y.shape[0]:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
@@ -94,6 +96,7 @@ def binarizations(y: torch.Tensor, num_draws: int, seed: int = 0) -> torch.Tenso
     """
     _check_targets(y)
     check_num_draws(num_draws)
+    check_seed(seed)
     return torch.cat([_block_binarizations(y[start:start + BLOCK], num_draws, seed, block)
                       for block, start in enumerate(range(0, y.shape[0], BLOCK))], dim=1)
 
@@ -108,7 +111,7 @@ def nn_expected_nll(model: Regressor, x: torch.Tensor, y: torch.Tensor, num_draw
     log p(b|x) of the Regressor. Unbiased for -L; its noise is the binarization's only. first_block: the block
     of x's first image (x, y: the images from block first_block on, a process's share under torchrun).
     """
-    _check_pair(x, y, num_draws)
+    _check_pair(x, y, num_draws, seed)
     model.eval()
     parts = []
     for block, start in enumerate(range(0, x.shape[0], BLOCK), start=first_block):
@@ -131,7 +134,7 @@ def cvae_expected_nll(model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, n
     """
     if estimator not in CVAE_ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(CVAE_ESTIMATORS)}, got {estimator!r}")
-    _check_pair(x, y, num_draws)
+    _check_pair(x, y, num_draws, seed)
     cll = CVAE_ESTIMATORS[estimator]
     model.eval()
     parts = []

@@ -23,7 +23,7 @@ from cvae.training import StopFlag, TrainingInterrupted, stop_on_signals, train_
 from .. import cli, run_lock
 from ..config import RunConfig
 from ..data import load_splits
-from ..experiment import fit_settings, remove_stale_temporaries, task_data
+from ..experiment import check_evaluation_memory, fit_settings, remove_stale_temporaries, task_data
 from ..models import BaselineNet
 from ..quadrants import QuadrantTask
 from ..report import table_header
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
     run_lock.check_directory_path(out, "--out")
     if out.exists() and not out.is_dir():
         raise cli.UserError(f"--out {out} is a file, not a directory. Choose another --out.")
+    check_evaluation_memory(RunConfig(quadrants=sorted(set(args.quadrants))), device, args.binarizations, 0)
     with run_lock.hold(out, create=True, command="autoregressive-baseline"):  # one job per directory
         return control(args, device, out, stop)
 

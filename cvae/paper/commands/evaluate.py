@@ -60,8 +60,9 @@ def evaluate(args: argparse.Namespace, device: torch.device, run_dir: Path) -> i
 
     from ..config import RunConfig
     from ..data import load_splits
-    from ..experiment import evaluate_run, remove_stale_temporaries
+    from ..experiment import check_evaluation_memory, evaluate_run, remove_stale_temporaries
     from ..runs import read_run
+    from ..sample_evaluation import true_likelihood_applies
 
     saved = read_run(run_dir)
     remove_stale_temporaries(run_dir)
@@ -70,6 +71,8 @@ def evaluate(args: argparse.Namespace, device: torch.device, run_dir: Path) -> i
                             f"it has no complete checkpoints to evaluate. Continue it first with: "
                             f"python train.py --resume {run_dir}")
     config = RunConfig.from_dict(saved["config"])
+    draws = args.binarizations if true_likelihood_applies(config.likelihood, config.binarize) else None
+    check_evaluation_memory(config, device, draws, args.sample_k)
     with distributed.main_first():  # rank 0 provisions the data while the others wait
         splits = load_splits(args.data_dir or config.data_dir, config.dataset)
     num_samples = args.num_samples or config.num_samples

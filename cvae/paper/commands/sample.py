@@ -3,11 +3,12 @@
     cvae-sohn sample runs/default --image digit.png --quadrants 2          # writes digit_completed_q2.png
     cvae-sohn sample runs/default --image scan.jpg --quadrants 1 -n 20 --invert --out scan_grid.png
 
-The image is read as grayscale in [0, 1] (MNIST's digits are white on black: --invert turns dark ink on a light
-background into that). Of its four 14x14 quadrants the model keeps the K inputs of the setting (1: bottom-left,
-2: left half, 3: all but bottom-right) and completes the rest. One PNG is written: the input as the model sees it
-(the quadrants it does not see gray), the NN baseline's completion and n CVAE completions (the means of p(y|x,z)
-for z ~ p(z|x)), drawn as in the run's samples_q{K}.png.
+The image is read as grayscale in [0, 1], on its own scale (8 or 16 bits, a TIFF's integers, floats in [0, 1]); a
+transparent background is laid under the digit as white for dark ink and black for light ink (MNIST's digits are
+white on black: --invert turns dark ink on a light background into that). Of its four 14x14 quadrants the model
+keeps the K inputs of the setting (1: bottom-left, 2: left half, 3: all but bottom-right) and completes the rest.
+One PNG is written: the input as the model sees it (the quadrants it does not see gray), the NN baseline's
+completion and n CVAE completions (the means of p(y|x,z) for z ~ p(z|x)), drawn as in the run's samples_q{K}.png.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import NamedTuple
 import numpy
 import torch
 
+from cvae.inputs import check_num_samples
 from cvae.paper import cli, figures
 from cvae.paper.cli import UserError
 from cvae.paper.models import CVAE, BaselineNet
@@ -38,6 +40,18 @@ class Completion(NamedTuple):
     cvae: torch.Tensor
 
 
+def num_completions(text: str) -> int:
+    """-n: 1 .. MAX_COMPLETIONS, each a tile of the grid."""
+    value = cli.positive_int("-n")(text)
+    if value > MAX_COMPLETIONS:
+        width, height = figures.grid_pixels(MAX_COMPLETIONS + 2)
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid: -n must be at most {MAX_COMPLETIONS}: each completion is drawn as a tile of the "
+            f"grid, and {MAX_COMPLETIONS} already make a PNG of {width} x {height} pixels. Run the command again "
+            "with another --seed and --out for more.")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The arguments of cvae-sohn sample."""
     parser = argparse.ArgumentParser(prog="cvae-sohn sample", description=__doc__.split("\n\n")[0],
@@ -45,12 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run: the directory train.py --out wrote")
     parser.add_argument("--image", required=True, metavar="FILE",
-                        help="a 28x28 image of a digit (PNG, JPEG or another format PIL reads)")
+                        help=f"a 28x28 image of a digit ({FORMAT_NAMES}; 8 or 16 bits, or floats in [0, 1]; a "
+                        "transparent background is laid under the digit as white for dark ink, black for light ink)")
     parser.add_argument("--quadrants", required=True, type=cli.quadrants, metavar="K",
                         help="the setting: how many quadrants of the image the model sees (1, 2 or 3; one the run "
                              "trained)")
-    parser.add_argument("-n", "--num-samples", type=cli.positive_int("-n"), default=10, metavar="N",
-                        help="CVAE completions to draw (default: 10)")
+    parser.add_argument("-n", "--num-samples", type=num_completions, default=10, metavar="N",
+                        help=f"CVAE completions to draw, at most {MAX_COMPLETIONS} (default: 10)")
     parser.add_argument("--out", metavar="FILE.png",
                         help="the PNG to write (default: <image stem>_completed_q<K>.png beside the image)")
     parser.add_argument("--seed", type=cli.seed, default=0, help="seed of the CVAE's samples of z (default: 0)")
@@ -60,21 +75,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The formats read: PIL decodes each itself, with no outside program (EPS would start Ghostscript, for instance).
+FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "TIFF", "PPM", "WEBP")
+FORMAT_NAMES = "PNG, JPEG, BMP, GIF, TIFF, WebP or PGM/PPM"
+MAX_COMPLETIONS = 1000  # -n: each completion is a tile of the grid
+
+
 def read_image(path: str | Path, invert: bool = False) -> torch.Tensor:
-    """The image at path as grayscale in [0, 1], (28, 28), inverted (1 - gray) with invert. A UserError when the
-    file is missing, is not an image, or is not 28x28."""
-    from PIL import Image, UnidentifiedImageError
+    """The image at path as grayscale in [0, 1], (28, 28), inverted (1 - gray) with invert. The gray levels are
+    read on the image's own scale (8 bits, 16 bits, the bits of a TIFF's integers, floats in [0, 1]); a
+    transparent image is laid on the background its ink stands out from (white for dark ink, black for light ink),
+    as a viewer shows it. A UserError when the file is missing, is not an image of FORMATS, is not 28x28, or holds
+    values this command cannot read as gray levels (and says which)."""
+    from PIL import Image, UnidentifiedImageError, features
 
     path = Path(path)
     if not path.exists():
         raise UserError(f"--image {path} does not exist. Give the path of a 28x28 image of a digit (PNG, JPEG, ...).")
     if path.is_dir():
         raise UserError(f"--image {path} is a directory. Give the path of a 28x28 image file of a digit.")
+    Image.init()  # registers the plugins (importing one starts nothing)
+    formats = [name for name in FORMATS if name in Image.OPEN and (name != "WEBP" or features.check("webp"))]
     try:
-        image = Image.open(path)
+        image = Image.open(path, formats=formats)
     except UnidentifiedImageError:
-        raise UserError(f"--image {path} is not an image (PIL recognizes no image format in it). Give a 28x28 "
-                        "PNG, JPEG or another image format PIL reads.") from None
+        raise UserError(f"--image {path} is not an image in a format this command reads ({FORMAT_NAMES}). Give a "
+                        "28x28 image in one of those, e.g. saved as PNG.") from None
     except (OSError, Image.DecompressionBombError) as error:
         raise UserError(f"--image {path} cannot be read ({error}). Check the file and its permissions.") from None
     with image:
@@ -84,12 +110,88 @@ def read_image(path: str | Path, invert: bool = False) -> torch.Tensor:
                             f"size). Resize it first, e.g. with PIL: {RESIZE_HINT}.save(...), ideally with the "
                             "digit centred and filling about 20x20 pixels, as in MNIST.")
         try:
-            gray = numpy.asarray(image.convert("L"), dtype=numpy.float32) / 255
+            gray, alpha = _gray_and_alpha(image, path)
         except (OSError, ValueError, SyntaxError) as error:  # what PIL raises for a truncated or corrupt file
+            if isinstance(error, OSError) and ("decoder" in str(error) or "encoder" in str(error)):
+                raise UserError(f"--image {path} cannot be decoded: this machine's PIL lacks what its format needs "
+                                f"({error}). Save the image as PNG.") from None
+            if isinstance(error, ValueError) and "conversion" in str(error):
+                raise UserError(f"--image {path} holds pixels of PIL's mode {image.mode}, which this command cannot "
+                                f"read as gray levels ({error}). Save the image as a grayscale or RGB PNG.") from None
             raise UserError(f"--image {path} cannot be decoded ({error}): it is truncated or corrupt. Save the "
                             "image again, as PNG for instance.") from None
-    pixels = torch.from_numpy(gray)
+    if alpha is not None:
+        gray = _lay_on_background(gray, alpha, path)
+    pixels = torch.from_numpy(numpy.ascontiguousarray(gray, dtype=numpy.float32))
     return 1 - pixels if invert else pixels
+
+
+def _gray_and_alpha(image, path: Path) -> tuple[numpy.ndarray, numpy.ndarray | None]:
+    """The gray levels in [0, 1] (float64) and the opacity in [0, 1] (None for an opaque image) of a PIL image,
+    each on its own scale; a UserError for values that are no gray levels."""
+    mode = image.mode
+    if mode.startswith("I;16"):  # 16-bit gray (PNG, TIFF)
+        values = numpy.asarray(image).astype(numpy.float64)
+        return _with_transparency(values / 65535, values, image)
+    if mode == "I":  # 32-bit integers: a TIFF says how many bits are used, and whether they are signed
+        bits, signed = _tiff_bits(image)
+        values = numpy.asarray(image).astype(numpy.int64)
+        values = (values if signed else values & 0xFFFFFFFF).astype(numpy.float64)  # PIL holds unsigned bits as int32
+        if bits is None or not 1 <= bits <= 32:
+            raise UserError(f"--image {path} holds {image.format} integer pixels whose range this command cannot "
+                            "tell (not a TIFF that records its bits per sample). Save it as an 8- or 16-bit PNG.")
+        if signed and values.min() < 0:
+            raise UserError(f"--image {path} holds negative gray levels (down to {values.min():g}): this command "
+                            "reads 0 as black. Save it as an 8- or 16-bit PNG.")
+        top = 2 ** (bits - 1 if signed else bits) - 1
+        return _with_transparency(values / top, values, image)
+    if mode == "F":  # 32-bit floats: read as gray levels in [0, 1] only
+        values = numpy.asarray(image).astype(numpy.float64)
+        if not numpy.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            finite = values[numpy.isfinite(values)]
+            span = f"from {finite.min():g} to {finite.max():g}" if finite.size else "none finite"
+            raise UserError(f"--image {path} holds floating-point pixels {span}"
+                            f"{'' if finite.size == values.size else ' and non-finite ones'}, not gray levels in "
+                            "[0, 1] (0 black, 1 white), the only floating-point images this command reads. Scale it to "
+                            "[0, 1], or save it as an 8- or 16-bit PNG.")
+        return values, None
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        gray = numpy.asarray(rgba.convert("L"), dtype=numpy.float64) / 255
+        alpha = numpy.asarray(rgba.getchannel("A"), dtype=numpy.float64) / 255
+        return gray, None if bool((alpha == 1).all()) else alpha
+    return numpy.asarray(image.convert("L"), dtype=numpy.float64) / 255, None
+
+
+def _with_transparency(gray: numpy.ndarray, values: numpy.ndarray, image) -> tuple[numpy.ndarray, numpy.ndarray | None]:
+    """A 16- or 32-bit gray image's transparent value (a PNG's tRNS), as an opacity of 0 where the pixel has it."""
+    transparent = image.info.get("transparency")
+    if not isinstance(transparent, int) or not bool((values == transparent).any()):
+        return gray, None
+    return gray, (values != transparent).astype(numpy.float64)
+
+
+def _tiff_bits(image) -> tuple[int | None, bool]:
+    """(bits per sample, whether signed) of a TIFF image; (None, False) when not told."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is None:
+        return None, False
+    bits = tags.get(258)
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    sample_format = tags.get(339)
+    sample_format = sample_format[0] if isinstance(sample_format, tuple) and sample_format else sample_format
+    return (bits if isinstance(bits, int) else None), sample_format == 2
+
+
+def _lay_on_background(gray: numpy.ndarray, alpha: numpy.ndarray, path: Path) -> numpy.ndarray:
+    """A transparent image's gray levels laid on the background its ink (the opaque part, weighted by opacity)
+    stands out from: white under dark ink, black under light ink, so that the digit shows either way."""
+    if not bool((alpha > 0).any()):
+        raise UserError(f"--image {path} is transparent everywhere: there is no digit to read. Give an image whose "
+                        "digit is opaque.")
+    ink = float((gray * alpha).sum() / alpha.sum())
+    background = 1.0 if ink < 0.5 else 0.0
+    return alpha * gray + (1 - alpha) * background
 
 
 def complete(run_dir: str | Path, image: torch.Tensor, quadrants: int, num_samples: int = 10, seed: int = 0,
@@ -103,8 +205,7 @@ def complete(run_dir: str | Path, image: torch.Tensor, quadrants: int, num_sampl
         raise ValueError(f"image must have shape (28, 28) or (784,); got {tuple(image.shape)}.")
     if not bool(((image >= 0) & (image <= 1)).all()):
         raise ValueError("image must hold gray levels in [0, 1] (0 black, 1 white).")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1 (got {num_samples}).")
+    num_samples = check_num_samples(num_samples)
     baseline = BaselineNet.from_run(run_dir, quadrants, device)
     cvae = CVAE.from_run(run_dir, quadrants, device)
     x, _ = QuadrantTask(quadrants).split(image.reshape(1, NUM_PIXELS).to(device))
@@ -135,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     image_path = Path(args.image)
     out = output_path(image_path, args.quadrants, args.out)
     image = read_image(image_path, args.invert)
-    completion = complete(args.run_dir, image, args.quadrants, args.num_samples, args.seed, device)
+    with cli.blame_memory(f"-n {args.num_samples}: {args.num_samples:,} completions of the image; lower -n"):
+        completion = complete(args.run_dir, image, args.quadrants, args.num_samples, args.seed, device)
     if not args.invert and image.mean() > 0.5:
         print(f"note: {image_path} looks like dark ink on a light background (mean gray level "
               f"{image.mean():.2f}), but the model was trained on light digits on black, as in MNIST. If the digit "

@@ -27,7 +27,6 @@ The modules that need torch are imported inside the functions that use them, so 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import cli
-from ..config import RESUME_OPTIONS, RunConfig, add_run_options, flag, given_options, in_flags
+from ..config import RESUME_OPTIONS, OptionClash, RunConfig, add_run_options, flag, given_options, in_flags
 
 if TYPE_CHECKING:
     import torch
@@ -83,14 +82,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def read_options_file(path: str) -> dict:
     """The options of --config FILE: a saved config.json's "config", or a JSON object of options."""
+    from cvae import jsonfiles
+
     try:
-        values = json.loads(Path(path).read_text(encoding="utf-8"))
+        values = jsonfiles.read(path)
     except OSError as error:
         raise cli.UserError(f"--config {path} cannot be read ({error.strerror or error}). Give a run's "
                             "config.json or a JSON file of options.") from None
-    except ValueError as error:  # not UTF-8, or not JSON
-        raise cli.UserError(f"--config {path} is not a JSON file ({error}). Give a run's config.json or a JSON "
-                            'object of options such as {"epochs": 5, "hidden": [500, 500]}.') from None
+    except jsonfiles.JSONProblem as problem:  # too large, not UTF-8, not JSON, too deep, a key twice
+        raise cli.UserError(f"--config {path} is not a JSON file of options this program reads: it is {problem}. "
+                            'Give a run\'s config.json or a JSON object of options such as {"epochs": 5, "hidden": '
+                            "[500, 500]}.") from None
     if isinstance(values, dict) and isinstance(values.get("config"), dict):  # a run's config.json
         values = values["config"]
     if not isinstance(values, dict):
@@ -104,6 +106,8 @@ def new_config(args: argparse.Namespace) -> RunConfig:
     start = read_options_file(args.config) if args.config else None
     try:
         return RunConfig.from_options(args.given, start)
+    except OptionClash as error:  # options that do not go together, from the command line or the file
+        raise cli.UserError(f"{'' if start is None else f'--config {args.config}: '}{error.flags}.") from None
     except ValueError as error:  # the parser checked each option given: a file's value, or options that clash
         if start is None:
             raise cli.UserError(f"{in_flags(str(error))}.") from None
@@ -128,11 +132,19 @@ def check_new_run(args: argparse.Namespace, device: torch.device) -> tuple[Path,
     if config.train_subset is not None and config.train_subset < config.batch_size:
         raise cli.UserError(f"--train-subset {config.train_subset} is smaller than --batch-size "
                             f"{config.batch_size}: use at least one full batch of images.")
-    if config.aux_weight and not config.autoregressive:
-        raise cli.UserError("--aux-weight needs --autoregressive: without the term the auxiliary loss is the "
-                            "reconstruction term itself.")
     check_memory(config, device)
+    check_evaluation(args, config, device)
     return run_dir, config
+
+
+def check_evaluation(args: argparse.Namespace, config: RunConfig, device: torch.device) -> None:
+    """The evaluation's own sizes (--binarizations, --sample-k), checked before anything is trained."""
+    from ..experiment import check_evaluation_memory
+    from ..sample_evaluation import true_likelihood_applies
+
+    if not args.no_eval:
+        draws = args.binarizations if true_likelihood_applies(config.likelihood, config.binarize) else None
+        check_evaluation_memory(config, device, draws, args.sample_k)
 
 
 def other_files(run_dir: Path) -> list[Path]:
@@ -150,10 +162,12 @@ def not_a_run(run_dir: Path) -> cli.UserError:
 def saved_nothing(run_dir: Path) -> bool:
     """Whether run_dir holds a run that failed or was killed before it saved anything (no checkpoint, history
     or results; config.json says unfinished): nothing a new run there could lose."""
+    from cvae import jsonfiles
+
     from ..runs import setting_paths
 
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
+        saved = jsonfiles.read(run_dir / "config.json")
     except (OSError, ValueError):
         return False
     if not isinstance(saved, dict) or saved.get("finished") is not False or (run_dir / "results.json").exists():
@@ -172,6 +186,12 @@ def choose_run(args: argparse.Namespace, run_dir: Path, config: RunConfig | None
 
     if args.resume:
         config = RunConfig.from_dict(read_run(run_dir)["config"])
+        try:  # an earlier version may have made it: it evaluates, but trains no further
+            config.check_together()
+        except OptionClash as error:
+            raise cli.UserError(f"{run_dir / 'config.json'} holds options that do not go together: {error}. This "
+                                "version trains no such run; start a new run with --out, e.g. from this one's options "
+                                "with --config and the value changed.") from None
         check_resume_options(args, run_dir, config)
         for name in RESUME_OPTIONS & set(args.given):  # where the data is, not what it is: its MD5s are checked
             setattr(config, name, args.given[name])
@@ -277,7 +297,11 @@ def main(argv: list[str] | None = None, stop: StopFlag | None = None) -> int:
     run_dir, config = (Path(args.resume), None) if args.resume else check_new_run(args, device)
     # one job per run directory, from here to the end (run_lock)
     with run_lock.hold(run_dir, create=not args.resume, command="train.py" + (" --resume" if args.resume else "")):
-        return train(args, device, run_dir, config, stop)
+        try:
+            return train(args, device, run_dir, config, stop)
+        except OSError as error:  # a file that could not be written: the run goes on from its last saved state
+            error.add_note(f"continue the run with: {distributed.command('train.py')} --resume {run_dir}")
+            raise
 
 
 def train(args: argparse.Namespace, device: torch.device, run_dir: Path, config: RunConfig | None,
@@ -302,6 +326,7 @@ def train(args: argparse.Namespace, device: torch.device, run_dir: Path, config:
         check_same_processes(saved, run_dir)
         if not trained:
             check_memory(config, device)
+        check_evaluation(args, config, device)
     # rank 0 provisions the data first; it goes on once every process has checked the run directory
     with distributed.main_first():
         splits = load_splits(config.data_dir, config.dataset)
