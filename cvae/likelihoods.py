@@ -263,15 +263,11 @@ class Bernoulli(Likelihood):
         return (y >= 0) & (y <= 1)
 
 
-class Gaussian(Likelihood):
-    """Independent Normals N(y_i; loc_i, scale_i^2).
+class _LocationScale(Likelihood):
+    """A location-scale family of the reals, one distribution per dimension: params are [loc (D), raw (D)] with a
+    learned scale softplus(raw) + MIN_SCALE (scale=None), or loc alone with a fixed positive scale (a scale that
+    float32 rounds to 0 or inf is refused). E[y] = loc."""
 
-    scale=None (the default) learns the scale: num_params 2, params = [loc (D), raw (D)] split with
-    chunk(2, -1), scale = softplus(raw) + MIN_SCALE (the convention of the library's Gaussian heads). A positive
-    float fixes it: num_params 1, params = loc; a scale that float32 rounds to 0 or inf is refused.
-    """
-
-    name = "gaussian"
     support = "the finite reals"
 
     def __init__(self, scale: float | None = None):
@@ -292,6 +288,24 @@ class Gaussian(Likelihood):
         loc, raw = params.chunk(2, dim=-1)
         return loc, F.softplus(raw) + MIN_SCALE
 
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[y] = loc."""
+        return self.loc_scale(params)[0]
+
+    def _in_support(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(y, dtype=torch.bool)  # every finite value
+
+
+class Gaussian(_LocationScale):
+    """Independent Normals N(y_i; loc_i, scale_i^2).
+
+    scale=None (the default) learns the scale: num_params 2, params = [loc (D), raw (D)] split with
+    chunk(2, -1), scale = softplus(raw) + MIN_SCALE (the convention of the library's Gaussian heads). A positive
+    float fixes it: num_params 1, params = loc; a scale that float32 rounds to 0 or inf is refused.
+    """
+
+    name = "gaussian"
+
     def log_prob(self, params: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p = -1/2 sum_i [ ((y_i - mu_i) / sigma_i)^2 + 2 log sigma_i + log 2 pi ] -> (...)."""
         self._check_shapes(params, y)
@@ -299,19 +313,12 @@ class Gaussian(Likelihood):
         log_scale = math.log(scale) if isinstance(scale, float) else scale.log()
         return -0.5 * (((y - loc) / scale).square() + 2.0 * log_scale + LOG_2PI).sum(-1)
 
-    def mean(self, params: torch.Tensor) -> torch.Tensor:
-        """E[y] = loc."""
-        return self.loc_scale(params)[0]
-
     def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """y = loc + scale * eps, eps ~ N(0, I)."""
         with torch.no_grad():
             loc, scale = self.loc_scale(params)
             eps = torch.randn(loc.shape, dtype=loc.dtype, device=loc.device, generator=generator)
             return loc + scale * eps
-
-    def _in_support(self, y: torch.Tensor) -> torch.Tensor:
-        return torch.ones_like(y, dtype=torch.bool)  # every finite value
 
 
 class ContinuousBernoulli(Likelihood):
@@ -366,7 +373,7 @@ class ContinuousBernoulli(Likelihood):
         return (y >= 0) & (y <= 1)
 
 
-class Laplace(Likelihood):
+class Laplace(_LocationScale):
     """Independent Laplace distributions with location mu_i and scale b_i:
 
         p(y_i | mu_i, b_i) = exp(-|y_i - mu_i| / b_i) / (2 b_i),
@@ -380,25 +387,6 @@ class Laplace(Likelihood):
     """
 
     name = "laplace"
-    support = "the finite reals"
-
-    def __init__(self, scale: float | None = None):
-        self.scale = _fixed_scale(scale)
-
-    @property
-    def num_params(self) -> int:
-        return 2 if self.scale is None else 1
-
-    def config(self) -> dict[str, Any]:
-        return {"name": self.name, "scale": self.scale}
-
-    def loc_scale(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
-        """(loc, scale) from params: chunk(2, -1) and softplus(raw) + MIN_SCALE, or (params, the fixed scale)."""
-        self._event_size(params)
-        if self.scale is not None:
-            return params, self.scale
-        loc, raw = params.chunk(2, dim=-1)
-        return loc, F.softplus(raw) + MIN_SCALE
 
     def log_prob(self, params: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p = sum_i [ -log(2 b_i) - |y_i - mu_i| / b_i ] -> (...)."""
@@ -406,10 +394,6 @@ class Laplace(Likelihood):
         loc, scale = self.loc_scale(params)
         log_two_scale = math.log(2.0 * scale) if isinstance(scale, float) else (2.0 * scale).log()
         return -(log_two_scale + (y - loc).abs() / scale).sum(-1)
-
-    def mean(self, params: torch.Tensor) -> torch.Tensor:
-        """E[y] = loc."""
-        return self.loc_scale(params)[0]
 
     def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """y = F^-1(u) with u ~ U[0, 1) (inverse-CDF sampling): the CDF F(y) = e^{(y - mu)/b} / 2 below mu and
@@ -430,9 +414,6 @@ class Laplace(Likelihood):
             half_tail = torch.where(lower, u, 1.0 - u)  # the mass beyond y on its side of mu, in (0, 1/2]
             sign = torch.where(lower, 1.0, -1.0).to(loc.dtype)
             return loc + scale * sign * torch.log(2.0 * half_tail)
-
-    def _in_support(self, y: torch.Tensor) -> torch.Tensor:
-        return torch.ones_like(y, dtype=torch.bool)  # every finite value
 
 
 class Categorical(Likelihood):
