@@ -20,6 +20,7 @@ the true likelihood). The KL term of the ELBO is then estimated by Monte Carlo (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -28,19 +29,23 @@ from torch import nn
 
 from . import likelihoods
 from .distributions import DiagonalGaussian, GaussianMixture
-from .inputs import check_generator, check_matrix, check_num_samples
+from .inputs import check_array, check_generator, check_num_samples, from_numpy, shape_of
 from .networks import (
     Concatenate,
     ConcatGeneration,
+    ConvGeneration,
     GenerationNet,
+    ShapedGeneration,
     check_autoregression,
+    check_networks,
+    conv_encoder,
     fill_in_order,
     gaussian_head,
     mlp,
 )
 from .precision import autocast, resolve
 from .records import Recorded, qualified_name
-from .regressor import Regressor, check_sizes
+from .regressor import Regressor, check_shaped_autoregression, check_sizes, flat_event, shaped_event
 
 CUSTOM_MODULES = ("recognition", "prior", "generation", "baseline", "combine", "autoregression")
 
@@ -74,38 +79,65 @@ class ConditionalVAE(Recorded):
         baseline: a trained module x (N, x_dim) -> y_hat (N, y_dim), e.g. a fitted ``Regressor``; frozen here.
         combine: a module (x, y) -> (N, out_dim) with an ``out_dim`` attribute; concatenation by default.
         autoregression: a module (x, y) -> a term added to the generation net's output, where the term of y's
-            dimension i may depend on y's dimensions before i only (the quadrant task's strong preset).
+            dimension i may depend on y's dimensions before i only (the quadrant task's strong preset); flat y only.
+        networks: the default networks, "mlp", or "conv" for y of shape (C, H, W): convolutions of ``hidden``
+            channels where a network takes or gives an image (``cvae.networks``).
+
+    Examples of any shape: x_dim and y_dim may be shapes, x (N, *x_shape) and y (N, *y_shape) (e.g. (1, 28, 28)).
+    log p(y|x,z) sums over all of y's dimensions; the default MLPs flatten their inputs; modules of the user's own
+    take the shaped tensors: the recognition net combine(x, y) (``Concatenate``: images of the same size stacked as
+    channels), the prior c (x itself, or combine(x, y_hat)), the generation net rows [z, c] when c is flat and
+    otherwise the two, module(z, c), with z (M, z_dim) and c (M, *c_shape); the generation net's output is flattened
+    to the likelihood's parameters of y.flatten(1), (M, num_params * prod(y_shape)).
     """
 
     LEGACY_KINDS = ("conditional_vae",)  # the checkpoints of earlier versions (cvae.records.legacy_record)
 
-    def __init__(self, x_dim: int, y_dim: int, z_dim: int = 8, hidden: Sequence[int] = (128, 128),
-                 likelihood: likelihoods.Likelihood | None = None, *, recognition: nn.Module | None = None,
-                 prior: nn.Module | None = None, generation: nn.Module | None = None,
-                 baseline: nn.Module | None = None, combine: nn.Module | None = None,
-                 autoregression: nn.Module | None = None, prior_components: int | None = None):
+    def __init__(self, x_dim: int | Sequence[int], y_dim: int | Sequence[int], z_dim: int = 8,
+                 hidden: Sequence[int] = (128, 128), likelihood: likelihoods.Likelihood | None = None, *,
+                 recognition: nn.Module | None = None, prior: nn.Module | None = None,
+                 generation: nn.Module | None = None, baseline: nn.Module | None = None,
+                 combine: nn.Module | None = None, autoregression: nn.Module | None = None,
+                 prior_components: int | None = None, networks: str = "mlp"):
         super().__init__()
         if prior_components is None:
             prior_components = 8 if prior is None else 1
         self.x_dim, self.y_dim, self.z_dim, self.prior_components, self.hidden = check_sizes(
             x_dim, y_dim, hidden, z_dim=z_dim, prior_components=prior_components)
+        self.x_shape, self.y_shape = shape_of(self.x_dim), shape_of(self.y_dim)
+        self.networks = check_networks(networks, self.y_shape)
         self.likelihood = likelihoods.check_likelihood(likelihood)
         check_autoregression(self.likelihood, autoregression)
+        check_shaped_autoregression(self.y_shape, autoregression)
         _check_baseline_likelihood(baseline, self.likelihood)
         given = dict(recognition=recognition, prior=prior, generation=generation, baseline=baseline,
                      combine=combine, autoregression=autoregression)
         self.custom = sorted(name for name, module in given.items() if module is not None
                              and not (name == "baseline" and _rebuildable(module)))
         self.baseline = baseline.requires_grad_(False).eval() if baseline is not None else None
-        self.combine = combine if combine is not None else Concatenate(self.x_dim, self.y_dim, self.likelihood)
-        condition_dim = self.combine.out_dim if baseline is not None else self.x_dim
-        num_outputs = self.likelihood.num_params * self.y_dim
-        self.recognition_net = recognition if recognition is not None else mlp(
-            [self.combine.out_dim, *self.hidden, 2 * self.z_dim])
+        conv = self.networks == "conv"
+        self.combine = combine if combine is not None else Concatenate(self.x_dim, self.y_dim, self.likelihood,
+                                                                       tile=conv)
+        combined = tuple(getattr(self.combine, "out_shape", (self.combine.out_dim,)))
+        condition = combined if baseline is not None else self.x_shape  # the shape of c
+        num_outputs = self.likelihood.num_params * math.prod(self.y_shape)
         prior_outputs = 2 * self.z_dim if self.prior_components == 1 else self.prior_components * (1 + 2 * self.z_dim)
-        self.prior_net = prior if prior is not None else mlp([condition_dim, *self.hidden, prior_outputs])
-        self.generation_net = (ConcatGeneration(generation) if generation is not None
-                               else GenerationNet(self.z_dim, condition_dim, self.hidden, num_outputs))
+        if conv:
+            default_recognition = conv_encoder(combined, self.hidden, 2 * self.z_dim)
+            default_prior = conv_encoder(condition, self.hidden, prior_outputs)
+            default_generation = ConvGeneration(self.z_dim, condition, self.hidden, self.y_shape, self.likelihood)
+        else:
+            default_recognition = mlp([math.prod(combined), *self.hidden, 2 * self.z_dim], flatten=len(combined) > 1)
+            default_prior = mlp([math.prod(condition), *self.hidden, prior_outputs], flatten=len(condition) > 1)
+            default_generation = GenerationNet(self.z_dim, math.prod(condition), self.hidden, num_outputs,
+                                               flatten=len(condition) > 1)
+        self.recognition_net = recognition if recognition is not None else default_recognition
+        self.prior_net = prior if prior is not None else default_prior
+        if generation is not None:
+            self.generation_net = (ConcatGeneration(generation) if len(condition) == 1
+                                   else ShapedGeneration(generation))
+        else:
+            self.generation_net = default_generation
         self.autoregression = autoregression
 
     def train(self, mode: bool = True) -> ConditionalVAE:
@@ -161,7 +193,7 @@ class ConditionalVAE(Recorded):
         if self.autoregression is not None:
             term = context.autoregressive
             params = params + (term if term is not None else self.autoregression(x, y).to(x.dtype))
-        return self.likelihood.log_prob(params, y)
+        return self.likelihood.log_prob(params, flat_event(y, self.y_shape))
 
     @torch.no_grad()
     def sample(self, x: torch.Tensor, num_samples: int = 1, *, generator: torch.Generator | None = None,
@@ -172,10 +204,13 @@ class ConditionalVAE(Recorded):
         x: (N, x_dim) -> (num_samples, N, y_dim); under a Categorical likelihood int64 class indices, and with
         ``mean`` the class probabilities (num_samples, N, y_dim, K). x is moved to the model's device, where the
         samples are (and ``generator`` must be); precision: "fp32", "bf16" or "auto", the arithmetic of the
-        networks' matrix products (``cvae.precision``).
+        networks' matrix products (``cvae.precision``). Shaped x and y: x (N, *x_shape) -> (num_samples, N, *y_shape).
+
+        x may also be a numpy array (converted, floating values to the model's dtype).
         """
         parameter = next(self.parameters())
-        check_matrix(x, "x", self.x_dim, "x_dim", parameter.dtype)
+        x = from_numpy(x, parameter.dtype)
+        check_array(x, "x", self.x_dim, "x_dim", parameter.dtype)
         check_num_samples(num_samples)
         check_generator(generator, parameter.device)
         x = x.to(parameter.device)
@@ -189,7 +224,8 @@ class ConditionalVAE(Recorded):
         params = self.params(x, z, context)
         if self.autoregression is not None:
             return fill_in_order(params, self.autoregression, x, self.likelihood, self.y_dim, mean, generator)
-        return self.likelihood.mean(params) if mean else self.likelihood.sample(params, generator)
+        values = self.likelihood.mean(params) if mean else self.likelihood.sample(params, generator)
+        return shaped_event(values, self.y_shape, self.likelihood, mean)
 
     # ---- saving and loading: the model's record (cvae.records) ------------------------------------------------
     def arguments(self) -> dict:
@@ -197,6 +233,8 @@ class ConditionalVAE(Recorded):
         rebuilds (``save`` / ``load``, cvae.records)."""
         arguments = {"x_dim": self.x_dim, "y_dim": self.y_dim, "z_dim": self.z_dim, "hidden": list(self.hidden),
                      "likelihood": self.likelihood, "prior_components": self.prior_components}
+        if self.networks != "mlp":
+            arguments["networks"] = self.networks
         if self.baseline is not None and "baseline" not in self.custom:
             arguments["baseline"] = self.baseline
         return arguments
