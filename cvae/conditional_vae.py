@@ -46,7 +46,9 @@ from .networks import (
 from .precision import autocast, resolve
 from .records import Recorded, qualified_name
 from .regressor import Regressor, check_shaped_autoregression, check_sizes, flat_event, shaped_event
+from .streams import Stream, is_stream
 
+SAMPLE_BLOCK = 2048  # examples of a Dataset or DataLoader read at a time by sample
 CUSTOM_MODULES = ("recognition", "prior", "generation", "baseline", "combine", "autoregression")
 
 
@@ -206,9 +208,19 @@ class ConditionalVAE(Recorded):
         samples are (and ``generator`` must be); precision: "fp32", "bf16" or "auto", the arithmetic of the
         networks' matrix products (``cvae.precision``). Shaped x and y: x (N, *x_shape) -> (num_samples, N, *y_shape).
 
-        x may also be a numpy array (converted, floating values to the model's dtype).
+        x may also be a numpy array (converted, floating values to the model's dtype), or a torch Dataset or
+        DataLoader whose items are (x, y) pairs (y unused) or x alone: the samples of every x, in the data's order,
+        read batch by batch (``cvae.streams``).
         """
         parameter = next(self.parameters())
+        if is_stream(x):
+            check_num_samples(num_samples)
+            check_generator(generator, parameter.device)
+            stream = Stream(x, "x", self, pairs=False)
+            with autocast(resolve(precision, parameter.device), parameter.device):
+                parts = [self._sample(batch[0], num_samples, generator, mean)
+                         for batch in stream.sequential(SAMPLE_BLOCK)]
+            return torch.cat(parts, dim=1)
         x = from_numpy(x, parameter.dtype)
         check_array(x, "x", self.x_dim, "x_dim", parameter.dtype)
         check_num_samples(num_samples)
