@@ -27,9 +27,10 @@ def check_matrix(value: object, name: str, columns: int, what: str, dtype: torch
 
 
 def check_array(value: object, name: str, size: int | tuple[int, ...], what: str, dtype: torch.dtype | None = None,
-                *, integer: bool = False) -> torch.Tensor:
+                *, integer: bool = False, one_item: bool = False) -> torch.Tensor:
     """``check_matrix`` for examples of any shape: value must be a tensor (N, *shape_of(size)), size a model's x_dim
-    or y_dim (an int: (N, size), as check_matrix; a shape such as (1, 28, 28): (N, 1, 28, 28)).
+    or y_dim (an int: (N, size), as check_matrix; a shape such as (1, 28, 28): (N, 1, 28, 28)). one_item: value is
+    one item of a Dataset as a batch of one, and a message gives a position within the item.
     """
     shape = shape_of(size)
     flat = isinstance(size, int)
@@ -56,24 +57,28 @@ def check_array(value: object, name: str, size: int | tuple[int, ...], what: str
     finite = torch.isfinite(value)
     if not bool(finite.all()):
         bad = (~finite).nonzero()[0].tolist()
-        where = (f"row {bad[0]}, column {bad[1]}" if flat
-                 else f"example {bad[0]}, position {tuple(bad[1:])}")
+        if one_item:
+            where = f"column {bad[1]}" if flat else f"position {tuple(bad[1:])}"
+        else:
+            where = f"row {bad[0]}, column {bad[1]}" if flat else f"example {bad[0]}, position {tuple(bad[1:])}"
         raise ValueError(f"{name} holds a non-finite value, {value[tuple(bad)].item()} at {where}: every value must "
                          "be a finite number.")
     return value
 
 
-def check_data(model: torch.nn.Module, x: object, y: object, names: tuple[str, str] = ("x", "y")) -> None:
+def check_data(model: torch.nn.Module, x: object, y: object, names: tuple[str, str] = ("x", "y"), *,
+               one_item: bool = False) -> None:
     """x (N, *x_shape) and y (N, *y_shape) (the model's x_dim and y_dim: (N, x_dim) for an int), finite, with y in
     the support of model.likelihood. x is of the model's dtype; so is y, unless the likelihood is discrete
-    (``Likelihood.discrete``, Categorical): then y is an integer tensor of class indices."""
+    (``Likelihood.discrete``, Categorical): then y is an integer tensor of class indices. one_item: x and y are one
+    item of a Dataset as a batch of one (``check_array``)."""
     dtype = next(model.parameters()).dtype
-    check_array(x, names[0], model.x_dim, "x_dim", dtype)
-    check_array(y, names[1], model.y_dim, "y_dim", dtype, integer=model.likelihood.discrete)
+    check_array(x, names[0], model.x_dim, "x_dim", dtype, one_item=one_item)
+    check_array(y, names[1], model.y_dim, "y_dim", dtype, integer=model.likelihood.discrete, one_item=one_item)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{names[0]} and {names[1]} must have the same number of rows (one per example), got "
                          f"{x.shape[0]} and {y.shape[0]}.")
-    model.likelihood.check_support(y, names[1])
+    model.likelihood.check_support(y[0] if one_item else y, names[1])
 
 
 def from_numpy(value: object, dtype: torch.dtype | None = None) -> object:

@@ -256,6 +256,8 @@ class Stream:
         """(x, y) of a batch or an item; (x, None) without pairs."""
         if isinstance(batch, (tuple, list)) and len(batch) == 2:
             return batch[0], batch[1]
+        if not self.pairs and isinstance(batch, (tuple, list)) and len(batch) == 1:  # e.g. TensorDataset(x)'s
+            return batch[0], None
         if not self.pairs and not isinstance(batch, (tuple, list, dict)):
             return batch, None
         kind = f"a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
@@ -304,9 +306,9 @@ class Stream:
                                      f"shape {tuple(shape)} ({part}_dim={size})")
             names = (f"{place}: x", f"{place}: y")
             if y is None:
-                check_array(x[row:row + 1], names[0], model.x_dim, "x_dim", self.dtype)
+                check_array(x[row:row + 1], names[0], model.x_dim, "x_dim", self.dtype, one_item=True)
             else:
-                check_data(model, x[row:row + 1], y[row:row + 1], names)
+                check_data(model, x[row:row + 1], y[row:row + 1], names, one_item=True)
 
     def _check_items(self, indices: Sequence[int], items: Sequence[Any]) -> None:
         """Check items one by one (their form, and each as a batch of one): the first at fault raises its
