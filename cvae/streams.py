@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
@@ -120,8 +123,8 @@ class Stream:
         if self.loader is None and self.iterable:
             raise ValueError(f"{name} is an IterableDataset, which has no item indices to draw batches of: give a "
                              f"DataLoader over it (its len() known), or a map-style Dataset")
-        try:
-            self.size = len(self.loader if self.iterable else self.dataset)
+        try:  # examples (of a DataLoader over an IterableDataset without a length: batches)
+            self.size = len(self.dataset) if not self.iterable or hasattr(self.dataset, "__len__") else len(self.loader)
         except TypeError:
             raise ValueError(f"{name} must have a length (len() of the {type(source).__name__} failed): give a "
                              "map-style Dataset, or a DataLoader whose len() is known") from None
@@ -196,7 +199,12 @@ class Stream:
     # ---- the first and last items: checked before training, and the data's fingerprint -----------------------
     def check_ends(self) -> None:
         """Check the first and the last item (of a DataLoader over an IterableDataset: its first batch) before
-        anything is trained, as every batch is checked when it is read."""
+        anything is trained, as every batch is checked when it is read; the global random generators (torch's,
+        numpy's, Python's) are left as they were, whatever the reads draw (random augmentations)."""
+        with _random_state_kept():
+            self._check_ends()
+
+    def _check_ends(self) -> None:
         if self.iterable:
             first = next(iter(self.loader))
             self.prepare(first, lambda row: f"batch 0, row {row}")
@@ -211,13 +219,16 @@ class Stream:
 
     def fingerprint(self, digest: Any) -> None:
         """Feed ``digest`` what tells this data from other data without reading it whole: its kind and length and
-        its first and last items (of an IterableDataset: its first batch), and a DataLoader's batching."""
+        its first and last items (of an IterableDataset: its first batch), and a DataLoader's batching. The items are
+        read with the global random generators seeded (so that random augmentations read the same every time) and
+        then put back as they were."""
         digest.update(f"stream {type(self.dataset).__name__} {self.size} {self.name};".encode())
         if self.loader is not None:
             loader = self.loader
             digest.update(f"loader {loader.batch_size} {loader.drop_last} {type(loader.sampler).__name__} "
                           f"{type(loader.batch_sampler).__name__} {self.loader_batches};".encode())
-        items = [next(iter(self.loader))] if self.iterable else [self._item(i) for i in sorted({0, self.size - 1})]
+        with _random_state_kept(seed=0):
+            items = [next(iter(self.loader))] if self.iterable else [self._item(i) for i in sorted({0, self.size - 1})]
         for item in items:
             _feed(digest, item)
 
@@ -324,6 +335,23 @@ class Stream:
                                      f"a {type(value).__name__}")
             batch = default_collate([x]) if y is None else default_collate([(x, y)])
             self.prepare(batch, lambda row, index=index: f"item {index}")
+
+
+@contextmanager
+def _random_state_kept(seed: int | None = None) -> Iterator[None]:
+    """Inside, what a Dataset's reads draw from the global random generators (torch's on the CPU, numpy's, Python's)
+    is drawn from states put back afterwards; with ``seed``, they are seeded with it first."""
+    python, numpy = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed)
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
 
 
 def _feed(digest: Any, value: Any) -> None:

@@ -276,6 +276,22 @@ def test_the_checkpoint_dir_of_a_dataset_knows_its_data_by_length_and_first_and_
     fit(model(), Counting(TRAIN, other_item(70)), TensorDataset(*VAL), **options)
 
 
+def test_random_augmentations_neither_change_the_fingerprint_nor_draw_from_the_training(tmp_path):
+    def augment(index, x, y):  # noise from the global generators, as random transforms draw it
+        return x + 0.1 * torch.randn(3) + float(np.random.rand()) / 10, y
+
+    options = dict(epochs=2, batch_size=32, **PLAIN)
+    np.random.seed(5)
+    with_dir = model()  # torch's generator seeded there
+    fit(with_dir, Counting(TRAIN, augment), TensorDataset(*VAL), checkpoint_dir=tmp_path / "run", **options)
+    np.random.seed(5)
+    without = model()
+    fit(without, Counting(TRAIN, augment), TensorDataset(*VAL), **options)
+    assert_same_state(with_dir, without)  # the fingerprint's reads drew nothing from the augmentations' generators
+    history = fit(model(), Counting(TRAIN, augment), TensorDataset(*VAL), checkpoint_dir=tmp_path / "run", **options)
+    assert [e["epoch"] for e in history] == [1, 2]  # the same data: the finished fit is found, not refused
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Bad items are named by their index
 # ----------------------------------------------------------------------------------------------------------
