@@ -418,6 +418,7 @@ print(history[-1]["val_loss"], nll.shape[0], nll.mean().item())
 '''
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA and /proc/self/status are Linux's")
 def test_a_dataset_on_disk_four_times_the_memory_the_process_may_take_trains_and_is_evaluated(tmp_path):
     n, d, allowed = 32_000, 1023, 32 << 20  # 125 MiB of float32 rows on disk; 32 MiB more memory allowed
     rows = np.memmap(tmp_path / "rows.f32", dtype=np.float32, mode="w+", shape=(n, d + 1))
