@@ -20,6 +20,7 @@ the true likelihood). The KL term of the ELBO is then estimated by Monte Carlo (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -28,20 +29,26 @@ from torch import nn
 
 from . import likelihoods
 from .distributions import DiagonalGaussian, GaussianMixture
-from .inputs import check_fits, check_generator, check_matrix, check_num_samples, naming
+from .inputs import check_array, check_fits, check_generator, check_num_samples, from_numpy, naming, shape_of
 from .networks import (
     Concatenate,
     ConcatGeneration,
+    ConvGeneration,
     GenerationNet,
+    ShapedGeneration,
     check_autoregression,
+    check_networks,
+    conv_encoder,
     fill_in_order,
     gaussian_head,
     mlp,
 )
 from .precision import autocast, resolve
 from .records import Recorded, qualified_name
-from .regressor import Regressor, check_sizes
+from .regressor import Regressor, check_shaped_autoregression, check_sizes, flat_event, shaped_event
+from .streams import Stream, is_stream
 
+SAMPLE_BLOCK = 2048  # examples of a Dataset or DataLoader read at a time by sample
 CUSTOM_MODULES = ("recognition", "prior", "generation", "baseline", "combine", "autoregression")
 
 
@@ -74,38 +81,65 @@ class ConditionalVAE(Recorded):
         baseline: a trained module x (N, x_dim) -> y_hat (N, y_dim), e.g. a fitted ``Regressor``; frozen here.
         combine: a module (x, y) -> (N, out_dim) with an ``out_dim`` attribute; concatenation by default.
         autoregression: a module (x, y) -> a term added to the generation net's output, where the term of y's
-            dimension i may depend on y's dimensions before i only (the quadrant task's strong preset).
+            dimension i may depend on y's dimensions before i only (the quadrant task's strong preset); flat y only.
+        networks: the default networks, "mlp", or "conv" for y of shape (C, H, W): convolutions of ``hidden``
+            channels where a network takes or gives an image (``cvae.networks``).
+
+    Examples of any shape: x_dim and y_dim may be shapes, x (N, *x_shape) and y (N, *y_shape) (e.g. (1, 28, 28)).
+    log p(y|x,z) sums over all of y's dimensions; the default MLPs flatten their inputs; modules of the user's own
+    take the shaped tensors: the recognition net combine(x, y) (``Concatenate``: images of the same size stacked as
+    channels), the prior c (x itself, or combine(x, y_hat)), the generation net rows [z, c] when c is flat and
+    otherwise the two, module(z, c), with z (M, z_dim) and c (M, *c_shape); the generation net's output is flattened
+    to the likelihood's parameters of y.flatten(1), (M, num_params * prod(y_shape)).
     """
 
     LEGACY_KINDS = ("conditional_vae",)  # the checkpoints of earlier versions (cvae.records.legacy_record)
 
-    def __init__(self, x_dim: int, y_dim: int, z_dim: int = 8, hidden: Sequence[int] = (128, 128),
-                 likelihood: likelihoods.Likelihood | None = None, *, recognition: nn.Module | None = None,
-                 prior: nn.Module | None = None, generation: nn.Module | None = None,
-                 baseline: nn.Module | None = None, combine: nn.Module | None = None,
-                 autoregression: nn.Module | None = None, prior_components: int | None = None):
+    def __init__(self, x_dim: int | Sequence[int], y_dim: int | Sequence[int], z_dim: int = 8,
+                 hidden: Sequence[int] = (128, 128), likelihood: likelihoods.Likelihood | None = None, *,
+                 recognition: nn.Module | None = None, prior: nn.Module | None = None,
+                 generation: nn.Module | None = None, baseline: nn.Module | None = None,
+                 combine: nn.Module | None = None, autoregression: nn.Module | None = None,
+                 prior_components: int | None = None, networks: str = "mlp"):
         super().__init__()
         if prior_components is None:
             prior_components = 8 if prior is None else 1
         self.x_dim, self.y_dim, self.z_dim, self.prior_components, self.hidden = check_sizes(
             x_dim, y_dim, hidden, z_dim=z_dim, prior_components=prior_components)
+        self.x_shape, self.y_shape = shape_of(self.x_dim), shape_of(self.y_dim)
+        self.networks = check_networks(networks, self.y_shape)
         self.likelihood = likelihoods.check_likelihood(likelihood)
         check_autoregression(self.likelihood, autoregression)
+        check_shaped_autoregression(self.y_shape, autoregression)
         _check_baseline_likelihood(baseline, self.likelihood)
         given = dict(recognition=recognition, prior=prior, generation=generation, baseline=baseline,
                      combine=combine, autoregression=autoregression)
         self.custom = sorted(name for name, module in given.items() if module is not None
                              and not (name == "baseline" and _rebuildable(module)))
         self.baseline = baseline.requires_grad_(False).eval() if baseline is not None else None
-        self.combine = combine if combine is not None else Concatenate(self.x_dim, self.y_dim, self.likelihood)
-        condition_dim = self.combine.out_dim if baseline is not None else self.x_dim
-        num_outputs = self.likelihood.num_params * self.y_dim
-        self.recognition_net = recognition if recognition is not None else mlp(
-            [self.combine.out_dim, *self.hidden, 2 * self.z_dim])
+        conv = self.networks == "conv"
+        self.combine = combine if combine is not None else Concatenate(self.x_dim, self.y_dim, self.likelihood,
+                                                                       tile=conv)
+        combined = tuple(getattr(self.combine, "out_shape", (self.combine.out_dim,)))
+        condition = combined if baseline is not None else self.x_shape  # the shape of c
+        num_outputs = self.likelihood.num_params * math.prod(self.y_shape)
         prior_outputs = 2 * self.z_dim if self.prior_components == 1 else self.prior_components * (1 + 2 * self.z_dim)
-        self.prior_net = prior if prior is not None else mlp([condition_dim, *self.hidden, prior_outputs])
-        self.generation_net = (ConcatGeneration(generation) if generation is not None
-                               else GenerationNet(self.z_dim, condition_dim, self.hidden, num_outputs))
+        if conv:
+            default_recognition = conv_encoder(combined, self.hidden, 2 * self.z_dim)
+            default_prior = conv_encoder(condition, self.hidden, prior_outputs)
+            default_generation = ConvGeneration(self.z_dim, condition, self.hidden, self.y_shape, self.likelihood)
+        else:
+            default_recognition = mlp([math.prod(combined), *self.hidden, 2 * self.z_dim], flatten=len(combined) > 1)
+            default_prior = mlp([math.prod(condition), *self.hidden, prior_outputs], flatten=len(condition) > 1)
+            default_generation = GenerationNet(self.z_dim, math.prod(condition), self.hidden, num_outputs,
+                                               flatten=len(condition) > 1)
+        self.recognition_net = recognition if recognition is not None else default_recognition
+        self.prior_net = prior if prior is not None else default_prior
+        if generation is not None:
+            self.generation_net = (ConcatGeneration(generation) if len(condition) == 1
+                                   else ShapedGeneration(generation))
+        else:
+            self.generation_net = default_generation
         self.autoregression = autoregression
 
     def train(self, mode: bool = True) -> ConditionalVAE:
@@ -141,7 +175,7 @@ class ConditionalVAE(Recorded):
         width, meaning = (2 * self.z_dim, "loc and raw scale of p(z|x), 2 * z_dim columns") if k == 1 else (
             k * (1 + 2 * self.z_dim), f"the {k} mixture logits, then loc and raw scale of each component: "
             "K * (1 + 2 * z_dim) columns")
-        _check_output(out, "prior", (*context.condition.shape[:-1], width), meaning)
+        _check_output(out, "prior", (context.condition.shape[0], width), meaning)
         out = out.to(x.dtype)  # networks' outputs in x's dtype (cvae.precision)
         if k == 1:
             return gaussian_head(out)
@@ -151,7 +185,7 @@ class ConditionalVAE(Recorded):
     def posterior(self, x: torch.Tensor, y: torch.Tensor) -> DiagonalGaussian:
         """q(z|x,y): loc, scale of shape (N, z_dim)."""
         out = self.recognition_net(self.combine(x, y))
-        _check_output(out, "recognition", (*x.shape[:-1], 2 * self.z_dim), "loc and raw scale of q(z|x,y), 2 * z_dim "
+        _check_output(out, "recognition", (x.shape[0], 2 * self.z_dim), "loc and raw scale of q(z|x,y), 2 * z_dim "
                       "columns")
         return gaussian_head(out.to(x.dtype))
 
@@ -161,9 +195,9 @@ class ConditionalVAE(Recorded):
         context = context if context is not None else self.context(x)
         out = self.generation_net(z, context.generation_input)
         rows = tuple(z.shape[:-1])  # z's samples and examples, one example's z spread over all examples
-        if rows and rows[-1] == 1 and context.condition.dim() > 1:
-            rows = (*rows[:-1], context.condition.shape[-2])
-        _check_output(out, "generation", (*rows, self.likelihood.num_params * self.y_dim),
+        if rows and rows[-1] == 1:
+            rows = (*rows[:-1], context.condition.shape[0])
+        _check_output(out, "generation", (*rows, self.likelihood.num_params * math.prod(self.y_shape)),
                       f"the {self.likelihood!r} likelihood's {self.likelihood.num_params} parameter(s) per dimension "
                       "of y: num_params * y_dim columns")
         return out.to(x.dtype)
@@ -176,7 +210,7 @@ class ConditionalVAE(Recorded):
         if self.autoregression is not None:
             term = context.autoregressive
             params = params + (term if term is not None else self.autoregression(x, y).to(x.dtype))
-        return self.likelihood.log_prob(params, y)
+        return self.likelihood.log_prob(params, flat_event(y, self.y_shape))
 
     @torch.no_grad()
     def sample(self, x: torch.Tensor, num_samples: int = 1, *, generator: torch.Generator | None = None,
@@ -187,18 +221,31 @@ class ConditionalVAE(Recorded):
         x: (N, x_dim) -> (num_samples, N, y_dim); under a Categorical likelihood int64 class indices, and with
         ``mean`` the class probabilities (num_samples, N, y_dim, K). x is moved to the model's device, where the
         samples are (and ``generator`` must be); precision: "fp32", "bf16" or "auto", the arithmetic of the
-        networks' matrix products (``cvae.precision``).
+        networks' matrix products (``cvae.precision``). Shaped x and y: x (N, *x_shape) -> (num_samples, N, *y_shape).
+
+        x may also be a numpy array (converted, floating values to the model's dtype), or a torch Dataset or
+        DataLoader whose items are (x, y) pairs (y unused) or x alone: the samples of every x, in the data's order,
+        read batch by batch (``cvae.streams``).
         """
         parameter = next(self.parameters())
-        check_matrix(x, "x", self.x_dim, "x_dim", parameter.dtype)
+        if is_stream(x):
+            num_samples = check_num_samples(num_samples)
+            generator = check_generator(generator, parameter.device)
+            stream = Stream(x, "x", self, pairs=False)
+            with autocast(resolve(precision, parameter.device), parameter.device):
+                parts = [self._sample(batch[0], num_samples, generator, mean)
+                         for batch in stream.sequential(SAMPLE_BLOCK)]
+            return torch.cat(parts, dim=1)
+        x = from_numpy(x, parameter.dtype)
+        check_array(x, "x", self.x_dim, "x_dim", parameter.dtype)
         num_samples = check_num_samples(num_samples)
         generator = check_generator(generator, parameter.device)
         x = x.to(parameter.device)
         what = f"num_samples={num_samples} draws for {x.shape[0]} row(s) of x"
         remedy = "draw fewer at a time (several calls, or fewer rows of x per call)"
         # z, the generation net's output and the draws, at the least
-        check_fits(num_samples * x.shape[0] * (self.z_dim + (self.likelihood.num_params + 1) * self.y_dim),
-                   parameter.dtype, x.device, what, remedy)
+        outputs = (self.likelihood.num_params + 1) * math.prod(self.y_shape)
+        check_fits(num_samples * x.shape[0] * (self.z_dim + outputs), parameter.dtype, x.device, what, remedy)
         with naming(f"{what}: {remedy}"), autocast(resolve(precision, x.device), x.device):
             return self._sample(x, num_samples, generator, mean)
 
@@ -209,7 +256,8 @@ class ConditionalVAE(Recorded):
         params = self.params(x, z, context)
         if self.autoregression is not None:
             return fill_in_order(params, self.autoregression, x, self.likelihood, self.y_dim, mean, generator)
-        return self.likelihood.mean(params) if mean else self.likelihood.sample(params, generator)
+        values = self.likelihood.mean(params) if mean else self.likelihood.sample(params, generator)
+        return shaped_event(values, self.y_shape, self.likelihood, mean)
 
     # ---- saving and loading: the model's record (cvae.records) ------------------------------------------------
     def arguments(self) -> dict:
@@ -217,6 +265,8 @@ class ConditionalVAE(Recorded):
         rebuilds (``save`` / ``load``, cvae.records)."""
         arguments = {"x_dim": self.x_dim, "y_dim": self.y_dim, "z_dim": self.z_dim, "hidden": list(self.hidden),
                      "likelihood": self.likelihood, "prior_components": self.prior_components}
+        if self.networks != "mlp":
+            arguments["networks"] = self.networks
         if self.baseline is not None and "baseline" not in self.custom:
             arguments["baseline"] = self.baseline
         return arguments

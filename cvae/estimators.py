@@ -14,7 +14,11 @@ PENDING_ELEMENTS values, so memory stays bounded for any number of examples and 
 shows a progress bar over the samples on a terminal.
 
 Each runs where the model is: x and y are moved to its device (the values returned are there too), and a
-``generator`` must be on that device. ``precision`` is the arithmetic of the networks' matrix products, as in
+``generator`` must be on that device. x and y may be numpy arrays (floating ones converted to the model's dtype),
+and in place of x and y each takes a torch Dataset or DataLoader of (x, y) pairs, ``estimator(model, data,
+num_samples=S)``: read batch by batch, never whole (a Dataset in consecutive blocks of EXAMPLE_BLOCK, the blocks
+the tensors would give, so the values are the same; a DataLoader in its own batches), the values per example in
+the data's order. ``precision`` is the arithmetic of the networks' matrix products, as in
 training (``cvae.precision``): "fp32" (the default), "bf16" (autocast; every log-density and sum stays in the
 data's dtype) or "auto" (bf16 where the device multiplies it natively and fast).
 """
@@ -25,13 +29,15 @@ import math
 from collections.abc import Callable, Iterator
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .conditional_vae import ConditionalVAE, Context
 from .distributions import DiagonalGaussian, GaussianMixture
-from .inputs import check_data, check_generator, check_num_samples
+from .inputs import check_data, check_generator, check_num_samples, from_numpy
 from .objectives import latent_kl
 from .precision import autocast, resolve
+from .streams import Stream, is_stream
 
 # Example-samples evaluated in one pass of the generation net. Kept small enough that every activation
 # stays under glibc's 32 MB mmap threshold: larger buffers are mapped fresh and page-faulted on every
@@ -69,45 +75,62 @@ def _reduce_samples(
 ) -> torch.Tensor:
     """Per image, log-mean-exp (reduce="logmeanexp") or mean (reduce="mean") of the log-weights of
     num_samples draws of z from the proposal ("prior" or "posterior"). x, y: (N, x_dim), (N, y_dim) -> (N,), on
-    the model's device. With progress, a bar over the samples when the work is large (PROGRESS_WORK) and stderr
-    is a terminal. precision: of the networks' matrix products (``cvae.precision.resolve``)."""
+    the model's device; or x a Dataset or DataLoader of (x, y) pairs and y None. With progress, a bar over the
+    samples when the work is large (PROGRESS_WORK) and stderr is a terminal. precision: of the networks' matrix
+    products (``cvae.precision.resolve``)."""
+    if is_stream(x):
+        if y is not None:
+            raise ValueError(f"with a {type(x).__name__} of (x, y) pairs give no y (it comes from the data): "
+                             "estimator(model, data, num_samples=S)")
+        num_samples = check_num_samples(num_samples)
+        device = next(model.parameters()).device
+        generator = check_generator(generator, device)
+        stream = Stream(x, "data", model)
+        with autocast(resolve(precision, device), device), _bar(stream.size * num_samples, progress) as bar:
+            return torch.cat([_reduce_blocks(model, xb, yb, num_samples, proposal, log_weight, reduce, generator, bar)
+                              for xb, yb in stream.sequential(EXAMPLE_BLOCK)])
     num_samples = check_num_samples(num_samples)
+    dtype = next(model.parameters()).dtype
+    x, y = from_numpy(x, dtype), from_numpy(y, dtype)
     check_data(model, x, y)
     device = next(model.parameters()).device
     generator = check_generator(generator, device)
     x, y = x.to(device), y.to(device)
-    with autocast(resolve(precision, device), device):
-        return _reduce_blocks(model, x, y, num_samples, proposal, log_weight, reduce, generator, progress)
+    with autocast(resolve(precision, device), device), _bar(x.shape[0] * num_samples, progress) as bar:
+        return _reduce_blocks(model, x, y, num_samples, proposal, log_weight, reduce, generator, bar)
+
+
+def _bar(work: int, progress: bool) -> tqdm:
+    """A progress bar over ``work`` example-samples, shown on a terminal when it is large (PROGRESS_WORK)."""
+    return tqdm(total=work, disable=True if not progress or work < PROGRESS_WORK else None, leave=False,
+                unit="z", unit_scale=True, desc="samples of z")
 
 
 def _reduce_blocks(model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int, proposal: str,
                    log_weight: LogWeight, reduce: str, generator: torch.Generator | None,
-                   progress: bool) -> torch.Tensor:
+                   bar: tqdm) -> torch.Tensor:
     """``_reduce_samples`` on checked x, y on the model's device, block by block."""
 
     def combine(values: torch.Tensor) -> torch.Tensor:  # (chunks, N) -> (N,)
         return torch.logsumexp(values, dim=0) if reduce == "logmeanexp" else values.sum(0)
 
-    work = x.shape[0] * num_samples
     results = []
-    with tqdm(total=work, disable=True if not progress or work < PROGRESS_WORK else None, leave=False,
-              unit="z", unit_scale=True, desc="samples of z") as bar:
-        for block in _blocks(x.shape[0], EXAMPLE_BLOCK):
-            xb, yb = x[block], y[block]
-            context = model.context(xb, y=yb)
-            prior = model.prior(xb, context)
-            posterior = model.posterior(xb, yb)
-            source = prior if proposal == "prior" else posterior
-            chunk = max(1, MAX_ROWS // xb.shape[0])
-            partial = []
-            for samples in _blocks(num_samples, chunk):
-                z = source.rsample((samples.stop - samples.start,), generator=generator)
-                partial.append(combine(log_weight(model, xb, yb, context, posterior, prior, z)))
-                if len(partial) * xb.shape[0] >= PENDING_ELEMENTS:
-                    partial = [combine(torch.stack(partial))]
-                bar.update((samples.stop - samples.start) * xb.shape[0])
-            total = combine(torch.stack(partial))
-            results.append(total - math.log(num_samples) if reduce == "logmeanexp" else total / num_samples)
+    for block in _blocks(x.shape[0], EXAMPLE_BLOCK):
+        xb, yb = x[block], y[block]
+        context = model.context(xb, y=yb)
+        prior = model.prior(xb, context)
+        posterior = model.posterior(xb, yb)
+        source = prior if proposal == "prior" else posterior
+        chunk = max(1, MAX_ROWS // xb.shape[0])
+        partial = []
+        for samples in _blocks(num_samples, chunk):
+            z = source.rsample((samples.stop - samples.start,), generator=generator)
+            partial.append(combine(log_weight(model, xb, yb, context, posterior, prior, z)))
+            if len(partial) * xb.shape[0] >= PENDING_ELEMENTS:
+                partial = [combine(torch.stack(partial))]
+            bar.update((samples.stop - samples.start) * xb.shape[0])
+        total = combine(torch.stack(partial))
+        results.append(total - math.log(num_samples) if reduce == "logmeanexp" else total / num_samples)
     return torch.cat(results)
 
 
@@ -121,21 +144,25 @@ def _importance_log_weight(model, x, y, context, posterior, prior, z):
 
 
 def cll_monte_carlo(
-    model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
-    generator: torch.Generator | None = None, progress: bool = True, *, precision: str = "fp32",
+    model: ConditionalVAE, x: torch.Tensor | Dataset | DataLoader, y: torch.Tensor | None = None,
+    num_samples: int | None = None, generator: torch.Generator | None = None, progress: bool = True, *,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """-log (1/S) sum_s p(y|x,z_s), z_s ~ p(z|x): x, y (N, x_dim), (N, y_dim) -> (N,) nats. progress: a bar on a
-    terminal when N x S is large (PROGRESS_WORK); False for none."""
+    """-log (1/S) sum_s p(y|x,z_s), z_s ~ p(z|x): x, y (N, x_dim), (N, y_dim) -> (N,) nats; or (model, data,
+    num_samples=S) with data a Dataset or DataLoader of (x, y) pairs. progress: a bar on a terminal when N x S is
+    large (PROGRESS_WORK); False for none."""
     return -_reduce_samples(model, x, y, num_samples, "prior", _log_likelihood,
                             "logmeanexp", generator, progress, precision)
 
 
 def cll_importance(
-    model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
-    generator: torch.Generator | None = None, progress: bool = True, *, precision: str = "fp32",
+    model: ConditionalVAE, x: torch.Tensor | Dataset | DataLoader, y: torch.Tensor | None = None,
+    num_samples: int | None = None, generator: torch.Generator | None = None, progress: bool = True, *,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """-log (1/S) sum_s p(y|x,z_s) p(z_s|x) / q(z_s|x,y), z_s ~ q(z|x,y): x, y (N, x_dim), (N, y_dim) -> (N,) nats.
-    progress: a bar on a terminal when N x S is large (PROGRESS_WORK); False for none."""
+    """-log (1/S) sum_s p(y|x,z_s) p(z_s|x) / q(z_s|x,y), z_s ~ q(z|x,y): x, y (N, x_dim), (N, y_dim) -> (N,) nats;
+    or (model, data, num_samples=S) with data a Dataset or DataLoader of (x, y) pairs. progress: a bar on a terminal
+    when N x S is large (PROGRESS_WORK); False for none."""
     return -_reduce_samples(model, x, y, num_samples, "posterior", _importance_log_weight,
                             "logmeanexp", generator, progress, precision)
 
@@ -147,11 +174,13 @@ def _elbo_term(model, x, y, context, posterior, prior, z):
 
 
 def negative_elbo(
-    model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int,
-    generator: torch.Generator | None = None, progress: bool = True, *, precision: str = "fp32",
+    model: ConditionalVAE, x: torch.Tensor | Dataset | DataLoader, y: torch.Tensor | None = None,
+    num_samples: int | None = None, generator: torch.Generator | None = None, progress: bool = True, *,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """KL(q || p) - (1/S) sum_s log p(y|x,z_s), z_s ~ q(z|x,y) (the KL in closed form for a Gaussian prior, on the
-    same draws for a mixture): (N,) nats. progress: a bar on a terminal when N x S is large; False for none."""
+    same draws for a mixture): (N,) nats; or (model, data, num_samples=S) with data a Dataset or DataLoader of (x, y)
+    pairs. progress: a bar on a terminal when N x S is large; False for none."""
     return -_reduce_samples(model, x, y, num_samples, "posterior", _elbo_term, "mean", generator, progress, precision)
 
 

@@ -1,44 +1,50 @@
-"""``fit``: train a ConditionalVAE (or the deterministic ``Regressor`` baseline) on tensors, from Python.
+"""``fit``: train a ConditionalVAE (or the deterministic ``Regressor`` baseline) on your data, from Python.
 
     history = fit(model, train=(x_train, y_train), val=(x_val, y_val), epochs=50, objective="elbo")
 
 Adam on minibatches, early stopping on the validation loss with the best weights kept (``cvae.training``). The
-inputs are checked first (shapes, dtypes, finite values, the likelihood's support), and with a baseline its
-predictions are computed once per example, since it is frozen.
+data are tensors, numpy arrays, or a torch Dataset or DataLoader of (x, y) pairs read batch by batch
+(``cvae.streams``). Tensors are checked first (shapes, dtypes, finite values, the likelihood's support), and with
+a baseline its predictions are computed once per example, since it is frozen; a Dataset or DataLoader has its
+first and last items checked first and every batch as it is read, and the baseline's predictions computed per
+batch.
 """
 
 from __future__ import annotations
 
 import atexit
-import hashlib
 import inspect
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from . import checkpoints, devices, distributed, locks
 from .callbacks import Callbacks
 from .conditional_vae import ConditionalVAE
-from .inputs import check_data
+from .inputs import check_data, from_numpy
 from .regressor import Regressor
 from .settings import NAMES, TrainingSettings
+from .streams import Stream, is_stream
+from .streams import fingerprint as data_fingerprint
 from .training import train_loop
 
 
 @torch.no_grad()
 def predictions(baseline: nn.Module, x: torch.Tensor, block: int = 4096) -> torch.Tensor:
-    """A frozen baseline's prediction y_hat for a whole dataset, computed once, in blocks: (N, y_dim)."""
+    """A frozen baseline's prediction y_hat for a whole dataset (or a batch of a stream), in blocks: (N, y_dim)."""
     baseline.eval()
     return torch.cat([baseline(part) for part in x.split(block)])
 
 
-def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, torch.Tensor], *, settings: TrainingSettings | None = None,
+def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tensor] | Dataset | DataLoader,
+        val: tuple[torch.Tensor, torch.Tensor] | Dataset | DataLoader, *, settings: TrainingSettings | None = None,
         checkpoint_dir: str | Path | None = None, progress: bool = True, callbacks: Sequence[object] | None = None,
         device: str | torch.device | None = None, **options: Any) -> list[dict]:
     """Train ``model`` in place; return the per-epoch history [{"epoch", "train_loss", "val_loss", "seconds"}].
@@ -49,7 +55,19 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
     set-up instead, and keyword arguments override either.
 
     train, val: (x, y) with x (N, x_dim) and y (N, y_dim), float tensors (moved to the model's device and dtype);
-    under a Categorical likelihood y holds integer class indices (moved to the device, kept integer).
+    under a Categorical likelihood y holds integer class indices (moved to the device, kept integer). With shapes
+    for x_dim and y_dim, x (N, *x_shape) and y (N, *y_shape). numpy arrays are taken as tensors (torch.from_numpy,
+    no copy where it can share them).
+
+    train and val may also be a torch Dataset of (x, y) pairs (x of shape x_shape, y of y_shape, tensors or numpy
+    arrays) or a DataLoader of batches of them, read batch by batch and never whole (``cvae.streams``). From a
+    Dataset, fit reads the batches the tensors would give: ``batch_size`` examples in the order of (seed, epoch)
+    (``epoch_order``; validation in order), collated by torch's default collate, so that a run is reproducible and
+    resumes within an epoch. A DataLoader is read as it is (its batch size, order, workers, pinned memory; its
+    sampler's set_epoch(epoch) called where it has one); its order is its own, so with ``checkpoint_dir`` the state
+    is saved at epoch ends only and an interrupted fit resumes from the end of the last whole epoch. Every batch is
+    checked as tensors are, and a failure names the item's index in the Dataset (the batch and row of a
+    DataLoader); the first and last items are checked before training.
     device: where to train: "auto" (cuda if available, else mps, else cpu), "cpu", "cuda", "cuda:N", "mps" or a
     torch.device; the model is moved there (in place) and the data with it. None: where the model is.
     precision (a training setting): "fp32", "bf16" (autocast; the losses stay float32) or "auto" (bf16 where the
@@ -70,7 +88,9 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
 
     With ``checkpoint_dir`` the best weights (best.pt) and a resumable state (state.pt, at each epoch end) are
     written there, and the same call again continues an interrupted fit from that state (it loses at most one
-    epoch); on a finished fit it trains nothing and returns its history.
+    epoch); on a finished fit it trains nothing and returns its history. The directory belongs to one training:
+    its data (tensors: a digest of their values; a Dataset or DataLoader: of its kind, length, batching and first
+    and last items, not a full pass), settings and model.
 
     callbacks: objects with some of on_train_start(epoch), on_epoch_end(epoch, metrics) and on_train_end(history)
     (``cvae.callbacks``: CSVLogger, TensorBoardLogger); metrics hold the history's row, the learning rate and, for a
@@ -81,7 +101,9 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
     group (gloo on the CPU, nccl with each process on the GPU of its LOCAL_RANK) and trains with
     DistributedDataParallel, each process computing its share of every batch (``batch_size`` is the global
     batch); rank 0 alone writes checkpoint_dir, prints and calls the callbacks. The result agrees with one
-    process's up to the order of sums and, for a ConditionalVAE, the noise (each process draws its own).
+    process's up to the order of sums and, for a ConditionalVAE, the noise (each process draws its own). A Dataset
+    is shared out the same way (each process reads its share of every batch); a DataLoader for train needs a
+    DistributedSampler (each process its own batches, as many on every process).
 
     Once the arguments are checked, denormal floats are flushed to zero for the rest of the process
     (``torch.set_flush_denormal(True)``).
@@ -96,14 +118,22 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
         atexit.register(distributed.shutdown)  # leave the group when the script ends
     model.to(target)
     parameter = next(model.parameters())
+    baseline = model.baseline if isinstance(model, ConditionalVAE) else None
     pairs = []
     for name, pair in (("train", train), ("val", val)):
+        if is_stream(pair):  # read batch by batch: its first and last items checked now, every batch when read
+            stream = Stream(pair, name, model, batch_size=settings.batch_size, seed=settings.seed,
+                            extra=None if baseline is None else partial(predictions, baseline))
+            stream.check_ends()
+            pairs.append(stream)
+            continue
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ValueError(f"{name} must be a pair (x, y) of tensors, got {type(pair).__name__}")
+            raise ValueError(f"{name} must be a pair (x, y) of tensors (or numpy arrays), or a torch Dataset or "
+                             f"DataLoader of (x, y) pairs, got {type(pair).__name__}")
         # floating tensors to the model's device and dtype; integer ones (a Categorical's class indices) to its
         # device only, keeping their dtype
         pair = [(t.to(parameter.device, parameter.dtype) if t.is_floating_point() else t.to(parameter.device))
-                if isinstance(t, torch.Tensor) else t for t in pair]
+                if isinstance(t, torch.Tensor) else t for t in map(from_numpy, pair)]
         check_data(model, *pair, names=(f"{name}[0] (x)", f"{name}[1] (y)"))
         pairs.append(tuple(pair))
     train, val = pairs
@@ -112,13 +142,15 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
     # Torch's OpenMP threads take the setting only if it is made before they start, so the commands also set it
     # at their start; here it reaches at least the calling thread.
     torch.set_flush_denormal(True)
-    if isinstance(model, ConditionalVAE) and model.baseline is not None:
-        train, val = [(*pair, predictions(model.baseline, pair[0])) for pair in (train, val)]
+    if baseline is not None:  # once per example of tensors (a stream's per batch, as it is read)
+        train, val = [pair if isinstance(pair, Stream) else (*pair, predictions(baseline, pair[0]))
+                      for pair in (train, val)]
     if checkpoint_dir is None:
         return train_loop(model, train, val, settings, None, None, progress=progress, desc=type(model).__name__,
                           callbacks=hooks.given)
     # the directory's state belongs to this training only: the same data, settings and model resume it
-    owner = {"data": fingerprint(*train, *val), "settings": settings.to_dict(), "model": model.record()}
+    owner = {"data": fingerprint(*_parts(train), *_parts(val)), "settings": settings.to_dict(),
+             "model": model.record()}
     best_path, state_path = Path(checkpoint_dir) / "best.pt", Path(checkpoint_dir) / "state.pt"
     with locks.hold(checkpoint_dir, create=True, command="fit"):  # one training per directory
         history = train_loop(model, train, val, settings, best_path, state_path, progress=progress,
@@ -127,13 +159,15 @@ def fit(model: ConditionalVAE | Regressor, train: tuple[torch.Tensor, torch.Tens
     return history
 
 
-def fingerprint(*tensors: torch.Tensor) -> str:
-    """A digest of the tensors' shapes, dtypes and values (BLAKE2b), which tells one dataset from another."""
-    digest = hashlib.blake2b(digest_size=16)
-    for tensor in tensors:
-        digest.update(f"{tuple(tensor.shape)} {tensor.dtype};".encode())
-        digest.update(tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+def fingerprint(*data: torch.Tensor | Stream) -> str:
+    """A digest of the data that tells one dataset from another (BLAKE2b): of tensors their shapes, dtypes and
+    values; of a Dataset or DataLoader (a ``Stream``) its kind, length, batching and first and last items, which
+    costs two reads, not a pass (``cvae.streams.fingerprint``)."""
+    return data_fingerprint(*data)
+
+
+def _parts(data: tuple[torch.Tensor, ...] | Stream) -> tuple:
+    return (data,) if isinstance(data, Stream) else tuple(data)
 
 
 def _settings(model: nn.Module, settings: TrainingSettings | None, options: dict[str, Any]) -> TrainingSettings:

@@ -42,6 +42,7 @@ from .distributions import DiagonalGaussian
 from .objectives import latent_kl, training_loss
 from .precision import autocast, resolve
 from .settings import TrainingSettings
+from .streams import Stream, TensorBatches, epoch_order, shard  # noqa: F401 (epoch_order: cvae.training's, as before)
 
 CHECK_EVERY = 50  # steps between the (synchronizing) finiteness checks and progress-bar updates
 FUSED_ADAM_DEVICES = ("cpu", "cuda")  # one fused kernel per step instead of one per parameter
@@ -99,26 +100,6 @@ def binarized(y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     E_b log p(b|x), the true likelihood of binarized outputs that the evaluation reports (cvae.paper.true_likelihood).
     The validation loss draws from a generator seeded afresh at each epoch, so it sees the same b every epoch."""
     return (torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype) < y).to(y.dtype)
-
-
-def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order of the training examples in an epoch: a fixed function of (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_examples, generator=generator)
-
-
-def shard(batch: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, float]:
-    """This process's contiguous share of a global batch of indices, and the weight of its mean loss.
-
-    Shares differ by at most one example; weight = share * world / global, so the mean over processes of the
-    weighted losses (what DistributedDataParallel does to their gradients) is the global batch's mean loss.
-    A process left without examples (a last batch smaller than the world) gets one with weight 0, so
-    that it still takes part in the gradient all-reduce. In one process: (batch, 1.0).
-    """
-    part = batch.tensor_split(world)[rank]
-    if part.numel() == 0:
-        return batch[:1], 0.0
-    return part, part.numel() * world / batch.numel()
 
 
 def train_step(loss_fn: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -267,39 +248,50 @@ class Processes:
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], settings: TrainingSettings) -> float:
+def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...] | Stream, settings: TrainingSettings) -> float:
     """Mean training loss over a dataset (x, y[, y_hat]), in eval mode, with fixed noise, and with the forward
     in ``settings.precision`` (resolved for the device, ``cvae.precision.resolve``).
 
     Under torchrun each process takes a contiguous share of the examples and the sums are all-reduced, so
-    every process gets the same value (and takes the same early-stopping decision).
+    every process gets the same value (and takes the same early-stopping decision). data may also be a Dataset or
+    DataLoader read batch by batch (``cvae.streams.Stream``): a Dataset in the same batches as tensors, a
+    DataLoader in its own.
     """
     return validation_metrics(model, data, settings)[0]
 
 
 @torch.no_grad()
-def validation_metrics(model: nn.Module, data: tuple[torch.Tensor, ...], settings: TrainingSettings,
+def validation_metrics(model: nn.Module, data: tuple[torch.Tensor, ...] | Stream, settings: TrainingSettings,
                        kl: bool = False) -> tuple[float, float | None]:
     """``validation_loss``, and with ``kl`` (for a ConditionalVAE) the mean KL(q(z|x,y) || p(z|x)) over the same
     examples (``validation_kl``; None otherwise). The KL's draws (a mixture prior's) come from a generator of their
     own, so the loss is the same with or without it."""
     model.eval()
-    device, n = data[0].device, data[0].shape[0]
     processes = Processes()
+    if isinstance(data, Stream):
+        device, n = data.device, None
+        batches = data.sequential(settings.batch_size, (processes.rank, processes.world))
+    else:
+        device, n = data[0].device, data[0].shape[0]
+        mine = processes.share(data)
+        batches = ([t[start:start + settings.batch_size] for t in mine]
+                   for start in range(0, mine[0].shape[0], settings.batch_size))
     generator = processes.noise(device, settings.seed)
     arithmetic = resolve(settings.precision, device)
-    mine = processes.share(data)
     total = torch.zeros((), device=device)
     kl = kl and isinstance(model, ConditionalVAE)
     if kl:
         kl_generator = processes.noise(device, settings.seed + KL_SEED_OFFSET)
         kl_total = torch.zeros((), device=device)
-    for start in range(0, mine[0].shape[0], settings.batch_size):
-        batch = [t[start:start + settings.batch_size] for t in mine]
+    count = 0
+    for batch in batches:
         with autocast(arithmetic, device):
             total += batch_loss(settings, model, *batch, generator=generator) * batch[0].shape[0]
             if kl:
                 kl_total += validation_kl(settings, model, *batch, generator=kl_generator).sum()
+        count += batch[0].shape[0]
+    if n is None:  # a stream's examples: a Dataset's length, or what the DataLoaders gave
+        n = data.size if data.loader is None else int(processes.sum(torch.tensor(float(count), device=device)).item())
     if not kl:
         return processes.sum(total).item() / n, None
     loss, kl_sum = processes.sum(torch.stack([total, kl_total])).tolist()
@@ -389,8 +381,8 @@ class TrainingState:
 
 def train_loop(
     model: nn.Module,
-    train: tuple[torch.Tensor, ...],
-    val: tuple[torch.Tensor, ...],
+    train: tuple[torch.Tensor, ...] | Stream,
+    val: tuple[torch.Tensor, ...] | Stream,
     settings: TrainingSettings,
     best_path: Path | None,
     state_path: Path | None,
@@ -403,7 +395,10 @@ def train_loop(
     """Train ``model`` on ``batch_loss`` (``objectives.training_loss``); return the per-epoch history.
 
     train, val: (x, y) tensors (N, x_dim), (N, y_dim) on the model's device, plus for a CVAE with a baseline
-    the baseline's predictions y_hat (see ``objectives.training_loss``). The best weights (lowest validation
+    the baseline's predictions y_hat (see ``objectives.training_loss``); or a Dataset or DataLoader read batch by
+    batch (``cvae.streams.Stream``, which ``fit`` makes). The batches of an epoch come from ``TensorBatches`` (the
+    tensors) or the Stream; a DataLoader's epochs resume from their start only: its state is saved at epoch ends,
+    and a stop request within an epoch leaves the state of the last epoch end. The best weights (lowest validation
     loss) go to ``best_path``, or, without one, stay in memory and are loaded into the model at the end; the
     resumable state (weights, optimizer, epoch, step, early-stopping state, RNG state) goes to ``state_path``
     (when given) at each epoch end and when ``stop`` is requested. If ``state_path`` exists, training
@@ -416,8 +411,11 @@ def train_loop(
     owner: what this training is (``TrainingState.owner``); a state at ``state_path`` of another is refused. A
     validation loss that is not finite stops training (NonFiniteLoss) with the best weights in the model.
     """
-    num_examples, device = train[0].shape[0], train[0].device
+    source = train if isinstance(train, Stream) else TensorBatches(train, settings.batch_size, settings.seed)
+    device = source.device
     processes = Processes()
+    if isinstance(source, Stream):
+        source.check_processes(processes)
     stop = stop if stop is not None else StopFlag()  # one that is never requested
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.weight_decay,
@@ -429,6 +427,11 @@ def train_loop(
     hooks = Callbacks(callbacks, processes.is_main)
     if state_path is not None and state_path.exists():
         state.resume(state_path, model, optimizer, noise, processes)
+        if state.step and not source.resumes_mid_epoch:
+            raise checkpoints.CheckpointError(
+                f"{state_path} is the state of a training stopped within epoch {state.epoch + 1}, which a DataLoader "
+                "(whose order is its own) cannot resume: resume it with the data it was trained on, or delete "
+                f"{state_path.parent} to start afresh")
     hooks.train_start(state.epoch)
     if state.finished:
         hooks.train_end(state.history)
@@ -440,22 +443,21 @@ def train_loop(
         state.epoch, state.step, state.partial_losses = epoch, step, losses.cpu()
         state.save(state_path, model, optimizer, noise, processes)
 
-    num_batches = math.ceil(num_examples / settings.batch_size)
+    num_batches = source.num_batches
     best_weights = None
     for epoch in range(state.epoch, settings.epochs):  # each epoch starts at state.step (0 unless resumed)
         started = time.perf_counter()
         for group in optimizer.param_groups:  # a function of the epoch and the saved state, so a resumed run agrees
             group["lr"] = settings.lr_at(epoch) * state.early_stopping.lr_scale
-        order = epoch_order(num_examples, settings.seed, epoch).to(device)
+        batches = source.epoch(epoch, state.step, processes)
         losses = torch.empty(num_batches, device=device)
         losses[:state.step] = state.partial_losses.to(device)[:state.step]
         model.train()
         bar = tqdm(total=num_batches, initial=state.step, disable=None if progress else True, leave=False,
                    desc=f"{desc} epoch {epoch + 1}/{settings.epochs}")
         checked = state.step
-        for step in range(state.step, num_batches):
-            batch, weight = processes.shard(order[step * settings.batch_size:(step + 1) * settings.batch_size])
-            losses[step] = train_step(loss_fn, optimizer, [t[batch] for t in train], noise,
+        for step, (batch, weight) in enumerate(batches, start=state.step):
+            losses[step] = train_step(loss_fn, optimizer, batch, noise,
                                       settings.kl_weight_at(epoch, step, num_batches), weight, arithmetic)
             if step + 1 - checked >= CHECK_EVERY or step + 1 == num_batches or processes.stop_now(stop):
                 # a check point: agree across processes, check finiteness, show progress, honour a stop request
@@ -465,8 +467,12 @@ def train_loop(
                 bar.set_postfix(loss=f"{losses[:step + 1].mean().item():.2f}")
                 checked = step + 1
                 if stopping:
-                    save_state(epoch, step + 1, losses[:step + 1])
                     bar.close()
+                    if not source.resumes_mid_epoch:  # the state of the last epoch end stays
+                        raise TrainingInterrupted(f"{desc}: stopped at epoch {epoch + 1}, step {step + 1}; with a "
+                                                  f"DataLoader the saved state is that of the end of epoch {epoch} "
+                                                  "(resuming trains this epoch again from its start)")
+                    save_state(epoch, step + 1, losses[:step + 1])
                     raise TrainingInterrupted(f"{desc}: stopped at epoch {epoch + 1}, step {step + 1}")
         bar.close()
 

@@ -545,7 +545,7 @@ BAD_DATA = {
     "y-outside-the-bernoulli-support": (lambda x, y: (x, with_value(y, 1.5)), "y", "1.5"),
     "y-too-wide": (lambda x, y: (x, torch.cat([y, y], 1)), "y", "got (5, 4)"),
     "rows-differ": (lambda x, y: (x, y[:4]), "x and y", "5 and 4"),
-    "x-numpy": (lambda x, y: (x.numpy(), y), "x", "ndarray"),
+    "x-numpy-of-strings": (lambda x, y: (x.numpy().astype(str), y), "x", "ndarray"),  # numbers convert (test_data)
     "y-list": (lambda x, y: (x, y.tolist()), "y", "list"),
 }
 

@@ -4,6 +4,7 @@ paper's experiment under the continuous-Bernoulli likelihood."""
 import contextlib
 import io
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -17,10 +18,11 @@ from cvae import checkpoints
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def readme_own_data_code() -> str:
+def readme_own_data_code(which: int = 0) -> str:
+    """The README's own-data section's first (which=0) or second code block."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Use it on your own data", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    section = text.split("## Use it on your own data", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[which]
 
 
 def test_the_readme_own_data_code_runs_as_written_in_at_most_20_lines(tmp_path: Path):
@@ -38,6 +40,19 @@ def test_the_readme_own_data_code_runs_as_written_in_at_most_20_lines(tmp_path: 
     assert namespace["samples"].shape == (10, 5, 1)
     assert namespace["nll"].shape == (1000,) and namespace["nll"].mean() < 0  # a unimodal Gaussian scores about 0.9
     assert "nats" in out.getvalue()
+
+
+def test_the_readme_image_code_from_a_dataset_runs_as_written_in_at_most_20_lines():
+    code = readme_own_data_code(1)
+    assert len(code.strip().splitlines()) <= 20
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
+        exec(compile(code, "README.md", "exec"), namespace)
+    assert isinstance(namespace["test"], torch.utils.data.Dataset)
+    assert namespace["samples"].shape == (3, 100, 1, 8, 16)
+    nll = namespace["nll"]
+    assert nll.shape == (100,) and nll.mean() < 128 * math.log(2) / 2  # below half of a coin per pixel
+    assert "nats per bottom half" in out.getvalue()
 
 
 def test_train_py_runs_the_paper_experiment_under_the_continuous_bernoulli_likelihood(mnist_dir: Path, tmp_path: Path):

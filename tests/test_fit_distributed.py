@@ -91,3 +91,80 @@ def test_fit_under_torchrun_trains_like_one_process_and_writes_once(tmp_path: Pa
     # the checkpoint fit loaded at the end is the best epoch's
     best = torch.load(tmp_path / "two" / "baseline" / "best.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(best[name], value) for name, value in two[1]["baseline"].items())
+
+
+DATASET_SCRIPT = '''
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+from cvae import ConditionalVAE, Regressor, distributed, fit
+
+torch.set_num_threads(1)
+out = Path(sys.argv[1])
+generator = torch.Generator().manual_seed(0)
+x = torch.randn(400, 3, generator=generator)
+y = 2 * x[:, :2] + 0.3 * torch.randn(400, 2, generator=generator)
+
+
+class Counting(Dataset):
+    def __init__(self, x, y):
+        self.x, self.y, self.reads = x, y, Counter()
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, index):
+        self.reads[index] += 1
+        return self.x[index], self.y[index]
+
+
+options = dict(epochs=2, batch_size=64, lr=0.01, kl_warmup=0, progress=False)
+result = {"world": distributed.world_size()}
+for kind in ("regressor", "cvae"):
+    models = {}
+    for data in ("tensors", "dataset"):
+        torch.manual_seed(0)
+        model = Regressor(3, 2, hidden=(16,)) if kind == "regressor" else ConditionalVAE(3, 2, z_dim=2, hidden=(16,))
+        train = (x[:300], y[:300]) if data == "tensors" else Counting(x[:300], y[:300])
+        val = (x[300:], y[300:]) if data == "tensors" else Counting(x[300:], y[300:])
+        fit(model, train, val, **options)
+        models[data] = model.state_dict()
+        if data == "dataset":
+            result[kind + "_reads"] = [dict(train.reads), dict(val.reads)]
+    result[kind] = models
+try:
+    fit(Regressor(3, 2, hidden=(16,)), DataLoader(TensorDataset(x[:300], y[:300]), batch_size=32), (x[300:], y[300:]),
+        **options)
+except ValueError as error:
+    result["refused"] = str(error)
+loader = DataLoader(TensorDataset(x[:300], y[:300]), batch_size=32, sampler=DistributedSampler(TensorDataset(x[:300])))
+result["sampler_history"] = fit(Regressor(3, 2, hidden=(16,)), loader, (x[300:], y[300:]), **options)
+torch.save(result, out / f"result{distributed.rank()}.pt")
+'''
+
+
+def test_fit_under_torchrun_shares_out_a_dataset_as_it_shares_tensors_and_wants_a_distributed_sampler(tmp_path: Path):
+    script = tmp_path / "dataset_script.py"
+    script.write_text(DATASET_SCRIPT)
+    run(script, tmp_path / "two", 2)
+    two = [torch.load(tmp_path / "two" / f"result{rank}.pt", weights_only=True) for rank in (0, 1)]
+    for rank in (0, 1):
+        for kind in ("regressor", "cvae"):  # each process its share of every batch: the tensors' weights, bit for bit
+            models = two[rank][kind]
+            assert all(torch.equal(models["dataset"][name], value) for name, value in models["tensors"].items())
+    for kind in ("regressor", "cvae"):  # the processes read the examples between them, each once per epoch
+        for part, size in ((0, 300), (1, 100)):
+            reads = [two[rank][kind + "_reads"][part] for rank in (0, 1)]
+            ends = {0: 1, size - 1: 1}  # every process checks the first and the last item before training
+            total = {i: sum(r.get(i, 0) for r in reads) - 2 * ends.get(i, 0) for i in range(size)}
+            assert total == {i: 2 for i in range(size)}
+            assert all(max(r.values()) <= 3 and len(r) < size for r in reads)
+    assert two[0]["refused"].startswith("under torchrun a DataLoader for train needs a DistributedSampler")
+    assert [e["epoch"] for e in two[0]["sampler_history"]] == [1, 2]
+    losses = [[(e["train_loss"], e["val_loss"]) for e in two[rank]["sampler_history"]] for rank in (0, 1)]
+    assert losses[0] == losses[1]  # the losses agreed on
