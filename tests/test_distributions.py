@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import distributions as td
 
-from cvae.distributions import DiagonalGaussian, bernoulli_log_likelihood, kl_divergence, kl_divergence_per_dimension
+from cvae.distributions import (
+    DiagonalGaussian,
+    GaussianMixture,
+    bernoulli_log_likelihood,
+    kl_divergence,
+    kl_divergence_per_dimension,
+)
 
 
 def random_gaussian(*shape: int, seed: int = 0) -> DiagonalGaussian:
@@ -107,3 +113,37 @@ def test_bernoulli_log_likelihood_is_stable_for_extreme_logits():
     logits = torch.tensor([[100.0, -100.0]])
     value = bernoulli_log_likelihood(logits, torch.tensor([[1.0, 0.0]]))
     assert torch.isfinite(value).all() and value.abs().item() < 1e-30
+
+
+def random_mixture(seed: int = 0) -> tuple[GaussianMixture, td.MixtureSameFamily]:
+    """A mixture of K = 3 diagonal Gaussians over D = 2, for N = 4, and the same with torch.distributions."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(4, 3, generator=generator, dtype=torch.float64) * 2
+    loc = torch.randn(4, 3, 2, generator=generator, dtype=torch.float64) * 2
+    scale = torch.rand(4, 3, 2, generator=generator, dtype=torch.float64) + 0.2
+    reference = td.MixtureSameFamily(td.Categorical(logits=logits), td.Independent(td.Normal(loc, scale), 1))
+    return GaussianMixture(logits, loc, scale), reference
+
+
+def test_moments_match_torch_distributions():
+    """E[z] and the standard deviation of each coordinate, of one Gaussian and of a mixture (the law of total
+    variance), against torch.distributions."""
+    q = random_gaussian(5, 3)
+    torch.testing.assert_close(q.mean, td.Normal(q.loc, q.scale).mean)
+    torch.testing.assert_close(q.stddev, td.Normal(q.loc, q.scale).stddev)
+    mixture, reference = random_mixture()
+    torch.testing.assert_close(mixture.weights, reference.mixture_distribution.probs)
+    torch.testing.assert_close(mixture.mean, reference.mean)
+    torch.testing.assert_close(mixture.stddev, reference.variance.sqrt())
+
+
+def test_mixture_log_prob_and_draws_match_torch_distributions():
+    """log sum_k w_k N(z; loc_k, scale_k^2) against torch.distributions; draws with the mixture's mean and variance."""
+    mixture, reference = random_mixture(1)
+    z = torch.randn(7, 4, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
+    torch.testing.assert_close(mixture.log_prob(z), reference.log_prob(z))
+    draws = mixture.rsample((100_000,), generator=torch.Generator().manual_seed(3))
+    assert draws.shape == (100_000, 4, 2)
+    standard_error = reference.variance.sqrt() / 100_000**0.5
+    assert ((draws.mean(0) - reference.mean).abs() < 4 * standard_error).all()
+    torch.testing.assert_close(draws.var(0), reference.variance, rtol=0.03, atol=0)
