@@ -5,8 +5,9 @@ import math
 
 import pytest
 import torch
+from torch import distributions as D
 
-from cvae import CVAE, BaselineNet, QuadrantTask
+from cvae import CVAE, BaselineNet, ConditionalVAE, QuadrantTask, likelihoods
 from cvae.estimators import cll_importance, cll_monte_carlo, negative_elbo
 from cvae.objectives import elbo, gsnn_objective, hybrid_objective, importance_weighted_bound, training_loss
 
@@ -206,3 +207,80 @@ def test_a_non_positive_number_of_samples_is_rejected(bad):
     x, y = images()
     with pytest.raises(ValueError, match="positive integer"):
         cll_importance(model, x, y, bad)
+
+
+# ----------------------------------------------------------------------- the GSNN under a mixture prior, in closed form
+class FixedMixture(torch.nn.Module):
+    """p(z|x) = sum_k w_k N(loc_k, diag(scale_k^2)) for every x, as a prior net's output (N, K + 2 K z_dim): the K
+    logits, then each component's loc and raw scale (scale = softplus(raw) + 1e-4)."""
+
+    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, raw_scale: torch.Tensor):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits)
+        self.loc = torch.nn.Parameter(loc)
+        self.raw_scale = torch.nn.Parameter(raw_scale)
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([self.logits, torch.cat([self.loc, self.raw_scale], -1).flatten()])
+        return out.expand(condition.shape[0], -1)
+
+
+def linear_gaussian_mixture_cvae() -> tuple[ConditionalVAE, torch.Tensor, torch.Tensor, float]:
+    """A float64 CVAE with p(z|x) a fixed mixture of K = 3 Gaussians over z (z_dim 2), and y|x,z ~ N(A z + B x + b,
+    s^2 I) (a linear generation net, a fixed scale s): E_{N(z; m, diag v)} log p(y|x,z) is in closed form."""
+    torch.manual_seed(0)
+    prior = FixedMixture(torch.tensor([0.3, -0.5, 0.1]), torch.tensor([[-2.0, 0.5], [0.0, -1.0], [1.5, 1.0]]),
+                         torch.tensor([[-0.5, 0.2], [0.3, -1.0], [0.0, 0.5]]))
+    model = ConditionalVAE(2, 3, z_dim=2, hidden=(8,), likelihood=likelihoods.Gaussian(scale=0.7), prior=prior,
+                           generation=torch.nn.Linear(2 + 2, 3), prior_components=3).double()
+    x = torch.randn(4, 2, generator=gen(1), dtype=torch.float64)
+    y = torch.randn(4, 3, generator=gen(2), dtype=torch.float64)
+    return model, x, y, 0.7
+
+
+def closed_form_expected_log_likelihood(model: ConditionalVAE, x, y, s: float) -> torch.Tensor:
+    """sum_k w_k E_{z ~ N(loc_k, diag scale_k^2)} log N(y; A z + B x + b, s^2 I)
+    = sum_k w_k [ log N(y; A loc_k + B x + b, s^2 I) - sum_{i,d} A_id^2 scale_kd^2 / (2 s^2) ]: (N,), differentiable in
+    the prior's parameters (torch.distributions for the Gaussian density)."""
+    prior = model.prior(x)
+    weights = torch.softmax(prior.log_weights, -1)  # (N, K)
+    linear = model.generation_net.net
+    a, bx = linear.weight[:, :2], linear.weight[:, 2:]
+    mean = prior.components.loc @ a.T + (x @ bx.T + linear.bias).unsqueeze(1)  # (N, K, y_dim)
+    at_mean = D.Normal(mean, s).log_prob(y.unsqueeze(1)).sum(-1)
+    spread = (prior.components.scale.square() @ a.square().T).sum(-1) / (2 * s**2)
+    return (weights * (at_mean - spread)).sum(-1)
+
+
+def test_gsnn_objective_under_a_mixture_prior_is_its_closed_form_and_trains_the_weights():
+    """E_{p(z|x)} log p(y|x,z) of a mixture prior: the objective converges to its closed form, and so does its
+    gradient for every parameter of the prior, the mixture's logits included (which a sampled component leaves
+    without a gradient)."""
+    model, x, y, s = linear_gaussian_mixture_cvae()
+    prior = model.prior_net
+    parameters = [prior.logits, prior.loc, prior.raw_scale]
+    exact = closed_form_expected_log_likelihood(model, x, y, s)
+    exact_gradients = torch.autograd.grad(exact.sum(), parameters)
+    estimate = gsnn_objective(model, x, y, 40_000, gen(3))
+    gradients = torch.autograd.grad(estimate.sum(), parameters, allow_unused=True)
+    torch.testing.assert_close(estimate, exact, atol=0.01, rtol=0)
+    assert exact_gradients[0].abs().min() > 0.1  # the weights matter here
+    for gradient, expected in zip(gradients, exact_gradients):
+        assert gradient is not None
+        torch.testing.assert_close(gradient, expected, atol=0.01, rtol=0)
+
+
+def test_the_gsnn_training_loss_gives_the_mixture_weights_a_gradient():
+    """One sample of z per component: minus the logits' gradient of -sum_k w_k log p(y|x,z_k) is w_j (log p(y|x,z_j)
+    - sum_k w_k log p(y|x,z_k)) per example, on the same draws z_k (the softmax's Jacobian)."""
+    model, x, y, _ = linear_gaussian_mixture_cvae()
+    loss = training_loss(model, x, y, generator=gen(4), objective="gsnn")
+    (gradient,) = torch.autograd.grad(loss, [model.prior_net.logits])
+    with torch.no_grad():
+        prior = model.prior(x)
+        z = prior.components.rsample((1,), generator=gen(4))[0].transpose(0, 1)  # (K, N, z_dim), the same draws
+        log_likelihood = model.log_likelihood(x, y, z)  # (K, N)
+        w = torch.softmax(prior.log_weights, -1).T  # (K, N)
+        expected = -(w * (log_likelihood - (w * log_likelihood).sum(0))).mean(1)  # d loss / d logits, mean over N
+    assert gradient.abs().min() > 0
+    torch.testing.assert_close(gradient, expected)
