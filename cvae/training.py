@@ -137,7 +137,8 @@ def train_step(loss_fn: Callable[..., torch.Tensor], optimizer: torch.optim.Opti
 
 @dataclass
 class EarlyStopping:
-    """Early stopping on the validation loss, and the learning-rate halving.
+    """Early stopping on the validation loss (``validation_loss``: the objective itself, not a training surrogate),
+    and the learning-rate halving.
 
     An epoch improves when its validation loss is below the best so far (``best_val``), or when it ends within
     the KL warm-up (epoch + 1 < kl_warmup, counting epochs from 0), so patience counts from the warm-up's end.
@@ -258,13 +259,23 @@ class Processes:
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, data: tuple[torch.Tensor, ...], settings: TrainingSettings) -> float:
-    """Mean training loss over a dataset (x, y[, y_hat]), in eval mode, with fixed noise, and with the forward
-    in ``settings.precision`` (resolved for the device, ``cvae.precision.resolve``).
+    """Mean loss of the objective over a dataset (x, y[, y_hat]), in eval mode, with fixed noise, and with the
+    forward in ``settings.precision`` (resolved for the device, ``cvae.precision.resolve``).
+
+    The loss is the objective's own, without the surrogates of training: the KL weight 1 (no warm-up), and no free
+    bits and no auxiliary loss, so that under the ELBO it is the negative ELBO, the bound the tables report, and
+    early stopping and the best weights are chosen on it. Free bits make the surrogate flat in each dimension's
+    KL below the allowance (an epoch that needs fewer nats would not count as better), and the auxiliary loss adds
+    a second model's likelihood; either would choose epochs on something that is not reported. The training
+    loss of the history stays the surrogate that is minimized. Without them (the paper's settings) the loss is
+    the training loss, computed as before.
 
     Under torchrun each process takes a contiguous share of the examples and the sums are all-reduced, so
     every process gets the same value (and takes the same early-stopping decision).
     """
     model.eval()
+    if settings.free_bits or settings.aux_weight:
+        settings = settings.replace(free_bits=0.0, aux_weight=0.0)
     device, n = data[0].device, data[0].shape[0]
     processes = Processes()
     generator = processes.noise(device, settings.seed)

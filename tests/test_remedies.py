@@ -101,3 +101,20 @@ def test_sample_targets_trains_on_draws_from_the_noise_generator_and_validates_o
     assert not torch.allclose(loss, training_loss(cvae, x, y, generator=gen()))
     first, second = validation_loss(cvae, (x, y), settings), validation_loss(cvae, (x, y), settings)
     assert first == second  # the same draws b (and z) at every epoch
+
+
+def test_early_stopping_judges_the_negative_elbo_not_the_remedied_surrogate():
+    """The validation loss is -ELBO (kl_weight 1, one z per example from the seeded noise) whatever the remedies,
+    which change only what training minimizes: with an allowance above every dimension's KL the surrogate is the
+    reconstruction term plus z_dim x the allowance, and the auxiliary loss adds a second likelihood; neither is what
+    the validation loss measures. Without remedies it is the training loss itself, bit for bit."""
+    cvae, (x, y) = model(0.3), data()
+    plain = TrainingSettings(seed=3, batch_size=64)
+    negative_elbo = -elbo(cvae.eval(), x, y, 1, torch.Generator().manual_seed(3)).mean().item()
+    assert validation_loss(cvae, (x, y), plain) == training_loss(
+        cvae, x, y, generator=torch.Generator().manual_seed(3)).item()
+    for remedies in ({"free_bits": 1e3}, {"aux_weight": 0.7}, {"free_bits": 0.05, "aux_weight": 0.5}):
+        settings = plain.replace(**remedies)
+        surrogate = batch_loss(settings, cvae, x, y, generator=torch.Generator().manual_seed(3)).item()
+        assert validation_loss(cvae, (x, y), settings) == pytest.approx(negative_elbo, rel=1e-6)
+        assert abs(surrogate - negative_elbo) > 1.0, remedies  # the surrogate is another number
