@@ -284,3 +284,33 @@ def test_the_gsnn_training_loss_gives_the_mixture_weights_a_gradient():
         expected = -(w * (log_likelihood - (w * log_likelihood).sum(0))).mean(1)  # d loss / d logits, mean over N
     assert gradient.abs().min() > 0
     torch.testing.assert_close(gradient, expected)
+
+
+# ------------------------------------------------------------------- the KL weight inside the importance-weighted bound
+@pytest.mark.parametrize("kl_weight", [0.0, 0.3, 1.0])
+def test_the_importance_weighted_bound_scales_the_log_density_ratio_by_the_kl_weight(kl_weight):
+    """L_K^beta = log (1/K) sum_k p(y|x,z_k) (p(z_k|x) / q(z_k|x,y))^beta on the draws z_k ~ q (the same noise), with
+    the densities of torch.distributions: beta = 1 is the bound, beta = 0 the log mean likelihood of the draws."""
+    model = small_cvae(2)
+    x, y = images()
+    with torch.no_grad():
+        bound = importance_weighted_bound(model, x, y, 5, gen(13), kl_weight=kl_weight)
+        posterior, prior = model.posterior(x, y), model.prior(x)
+        z = posterior.rsample((5,), generator=gen(13))
+        log_ratio = D.Normal(prior.loc, prior.scale).log_prob(z) - D.Normal(posterior.loc, posterior.scale).log_prob(z)
+        log_weights = model.log_likelihood(x, y, z) + kl_weight * log_ratio.sum(-1)
+    torch.testing.assert_close(bound, torch.logsumexp(log_weights, 0) - math.log(5))
+    assert kl_weight == 1.0 or not torch.allclose(bound, importance_weighted_bound(model, x, y, 5, gen(13)))
+
+
+def test_with_one_sample_the_weighted_bound_is_the_weighted_elbo_in_expectation():
+    """E_q[L_1^beta] = E_q log p(y|x,z) - beta KL(q || p): the mean over 5,000 draws against the ELBO with the KL in
+    closed form and weight beta = 0.4."""
+    model = small_cvae(1)
+    x, y = images()
+    with torch.no_grad():
+        draws = importance_weighted_bound(model, x.repeat(5000, 1), y.repeat(5000, 1), 1, gen(14), kl_weight=0.4)
+        draws = draws.view(5000, NUM_IMAGES)
+        expected = elbo(model, x, y, 20_000, gen(15), kl_weight=0.4)
+    standard_error = draws.std(0) / math.sqrt(5000)
+    assert ((draws.mean(0) - expected).abs() < 4 * standard_error + 1e-3).all()
