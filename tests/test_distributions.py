@@ -147,3 +147,37 @@ def test_mixture_log_prob_and_draws_match_torch_distributions():
     standard_error = reference.variance.sqrt() / 100_000**0.5
     assert ((draws.mean(0) - reference.mean).abs() < 4 * standard_error).all()
     torch.testing.assert_close(draws.var(0), reference.variance, rtol=0.03, atol=0)
+
+
+def test_leading_dimensions_of_any_number_are_the_batch_and_the_last_one_the_event():
+    """A (2, 3) batch of Gaussians and of mixtures of K = 5 over D = 4 against torch.distributions: densities of
+    values with fewer, as many and more dimensions than the batch (broadcast), the KL, the moments, and draws of
+    every sample shape, each image's draws from its own distribution."""
+    generator = torch.Generator().manual_seed(10)
+    q, p = random_gaussian(2, 3, 4, seed=10), random_gaussian(2, 3, 4, seed=11)
+    reference_q, reference_p = (td.Independent(td.Normal(d.loc, d.scale), 1) for d in (q, p))
+    logits = torch.randn(2, 3, 5, generator=generator, dtype=torch.float64)
+    loc = torch.randn(2, 3, 5, 4, generator=generator, dtype=torch.float64) * 3
+    scale = torch.rand(2, 3, 5, 4, generator=generator, dtype=torch.float64) * 0.5 + 0.1
+    mixture = GaussianMixture(logits, loc, scale)
+    reference = td.MixtureSameFamily(td.Categorical(logits=logits), td.Independent(td.Normal(loc, scale), 1))
+    assert q.event_dim == mixture.event_dim == 4
+    for shape in ((3, 4), (2, 3, 4), (6, 2, 3, 4)):
+        value = torch.randn(*shape, generator=generator, dtype=torch.float64) * 2
+        torch.testing.assert_close(q.log_prob(value), reference_q.log_prob(value))
+        torch.testing.assert_close(mixture.log_prob(value), reference.log_prob(value))
+    torch.testing.assert_close(kl_divergence(q, p), td.kl_divergence(reference_q, reference_p))
+    torch.testing.assert_close(mixture.mean, reference.mean)
+    torch.testing.assert_close(mixture.stddev, reference.variance.sqrt())
+    for sample_shape in ((), (3,), (2, 2)):
+        for d in (q, mixture):
+            assert d.rsample(sample_shape, generator=generator).shape == (*sample_shape, 2, 3, 4)
+    for d, ref in ((q, reference_q), (mixture, reference)):
+        draws = d.rsample((20_000,), generator=generator)
+        standard_error = ref.variance.sqrt() / 20_000**0.5
+        assert ((draws.mean(0) - ref.mean).abs() < 5 * standard_error).all()
+        assert ((draws.std(0) / ref.variance.sqrt() - 1).abs() < 0.05).all()
+    # a draw without a sample shape comes from each image's own mixture: all near one of that image's components
+    single = torch.stack([mixture.rsample(generator=generator) for _ in range(200)])  # (200, 2, 3, 4)
+    distance = ((single.unsqueeze(-2) - loc) / scale).square().sum(-1).min(-1).values  # (200, 2, 3)
+    assert (distance < 40).all()

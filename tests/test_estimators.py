@@ -314,3 +314,11 @@ def test_with_one_sample_the_weighted_bound_is_the_weighted_elbo_in_expectation(
         expected = elbo(model, x, y, 20_000, gen(15), kl_weight=0.4)
     standard_error = draws.std(0) / math.sqrt(5000)
     assert ((draws.mean(0) - expected).abs() < 4 * standard_error + 1e-3).all()
+
+
+def test_by_default_the_objectives_draw_one_z_per_example():
+    model = small_cvae(1)
+    x, y = images()
+    with torch.no_grad():
+        for objective in (elbo, gsnn_objective):
+            assert torch.equal(objective(model, x, y, generator=gen(16)), objective(model, x, y, 1, gen(16)))
