@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import distributions as D
 
-from cvae import CVAE, BaselineNet, ConditionalVAE, QuadrantTask, likelihoods
+from cvae import CVAE, BaselineNet, ConditionalVAE, QuadrantTask, Regressor, likelihoods
 from cvae.estimators import cll_importance, cll_monte_carlo, negative_elbo
 from cvae.objectives import elbo, gsnn_objective, hybrid_objective, importance_weighted_bound, training_loss
 
@@ -322,3 +322,22 @@ def test_by_default_the_objectives_draw_one_z_per_example():
     with torch.no_grad():
         for objective in (elbo, gsnn_objective):
             assert torch.equal(objective(model, x, y, generator=gen(16)), objective(model, x, y, 1, gen(16)))
+
+
+def test_the_training_loss_is_minus_the_batch_mean_of_each_objective_with_one_draw_per_example():
+    """loss = -(1/N) sum_n objective(x_n, y_n), one z per example from the generator (the hybrid's weight alpha 1/2 by
+    default); for a baseline Regressor -(1/N) sum_n log p(y_n|x_n), here a Gaussian's, by torch.distributions."""
+    model = small_cvae(2)
+    x, y = images()
+    with torch.no_grad():
+        expected = {"elbo": elbo(model, x, y, 1, gen(17)), "gsnn": gsnn_objective(model, x, y, 1, gen(17)),
+                    "hybrid": hybrid_objective(model, x, y, 0.5, gen(17)),
+                    "iwae": importance_weighted_bound(model, x, y, 5, gen(17))}
+        for objective, values in expected.items():
+            loss = training_loss(model, x, y, generator=gen(17), objective=objective)
+            torch.testing.assert_close(loss, -values.sum() / NUM_IMAGES)
+        regressor = Regressor(3, 2, hidden=(8,), likelihood=likelihoods.Gaussian()).double()
+        inputs, targets = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+        loc, raw = regressor.net(inputs).chunk(2, -1)
+        log_likelihood = D.Normal(loc, torch.nn.functional.softplus(raw) + 1e-4).log_prob(targets).sum(-1)
+        torch.testing.assert_close(training_loss(regressor, inputs, targets), -log_likelihood.sum() / 6)
