@@ -8,7 +8,7 @@ import torch
 from torch import distributions as D
 
 from cvae import CVAE, BaselineNet, ConditionalVAE, QuadrantTask, Regressor, likelihoods
-from cvae.estimators import cll_importance, cll_monte_carlo, negative_elbo
+from cvae.estimators import cll_importance, cll_monte_carlo, mean_and_sem, negative_elbo
 from cvae.objectives import elbo, gsnn_objective, hybrid_objective, importance_weighted_bound, training_loss
 
 NUM_IMAGES = 4
@@ -341,3 +341,13 @@ def test_the_training_loss_is_minus_the_batch_mean_of_each_objective_with_one_dr
         loc, raw = regressor.net(inputs).chunk(2, -1)
         log_likelihood = D.Normal(loc, torch.nn.functional.softplus(raw) + 1e-4).log_prob(targets).sum(-1)
         torch.testing.assert_close(training_loss(regressor, inputs, targets), -log_likelihood.sum() / 6)
+
+
+def test_the_standard_error_is_the_unbiased_standard_deviation_over_root_n():
+    """sem = sqrt(sum_n (v_n - mean)^2 / (N - 1)) / sqrt(N): 1 for the values 0 and 2, sqrt(5/3) / 2 for 1, 2, 3, 4;
+    none for one value."""
+    assert mean_and_sem(torch.tensor([0.0, 2.0], dtype=torch.float64)) == {"mean": 1.0, "sem": 1.0}
+    four = mean_and_sem(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
+    assert four["mean"] == 2.5 and four["sem"] == pytest.approx(math.sqrt(5 / 3) / 2, rel=1e-12)
+    one = mean_and_sem(torch.tensor([3.0]))
+    assert one["mean"] == 3.0 and math.isnan(one["sem"])

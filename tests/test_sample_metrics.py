@@ -192,3 +192,24 @@ def test_the_threshold_is_on_the_unbiased_variance_strictly_and_is_burdas_001():
 def test_bad_input_is_a_value_error_naming_the_argument(call, needle):
     with pytest.raises(ValueError, match=needle):
         call()
+
+
+def test_latent_statistics_are_the_same_in_blocks_and_their_mixture_kl_comes_from_the_generator(monkeypatch):
+    """The values of an image do not depend on the block it is computed in; under a mixture prior the KL's draw of z
+    comes from the generator alone (one draw by default), whatever the global random state."""
+    import cvae.paper.sample_metrics as sample_metrics
+    torch.manual_seed(0)
+    model = ConditionalVAE(3, 4, z_dim=2, hidden=(8,), likelihood=Bernoulli(), prior_components=3)
+    x, y = torch.randn(5, 3), torch.rand(5, 4)
+    whole = latent_statistics(model, x, y, torch.Generator().manual_seed(1))
+    torch.manual_seed(123)  # another global state: no draw may come from it
+    again = latent_statistics(model, x, y, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(whole, again))
+    with torch.no_grad():
+        posterior, prior = model.posterior(x, y), model.prior(x)
+        z = posterior.rsample((1,), generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(whole[0], (posterior.log_prob(z) - prior.log_prob(z))[0])
+        torch.testing.assert_close(latent_kl(posterior, prior, generator=torch.Generator().manual_seed(1)), whole[0])
+    monkeypatch.setattr(sample_metrics, "BLOCK", 2)  # blocks of 2, 2 and 1 images
+    _, offsets = latent_statistics(model, x, y, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(offsets, whole[1])
