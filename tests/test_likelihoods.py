@@ -232,6 +232,25 @@ def decimal_mean(logit: float) -> float:
         return float(1 / (1 - (-l).exp()) - 1 / l)
 
 
+def decimal_log_normalizer(logit: float) -> float:
+    """log C(l) = log(|l| / tanh(|l| / 2)) in 50-digit decimal arithmetic, tanh(a / 2) = (1 - e^-a) / (1 + e^-a)."""
+    from decimal import Decimal, localcontext
+    with localcontext() as context:
+        context.prec = 50
+        a = abs(Decimal(logit))
+        return float((a * (1 + (-a).exp()) / (1 - (-a).exp())).ln())
+
+
+def test_the_log_normalizer_is_exact_to_rounding_on_both_sides_of_the_switch_to_its_series():
+    """In float64 log C is within a few units of rounding of the exact value for every |l| in [1e-8, 80]: the
+    series to l^10 (below |l| = 0.1) as well as the closed form (above)."""
+    magnitudes = torch.cat([torch.logspace(-8, math.log10(80), 300, dtype=torch.float64),
+                            torch.linspace(0.05, 0.15, 101, dtype=torch.float64)])
+    logits = torch.cat([magnitudes, -magnitudes])
+    expected = torch.tensor([decimal_log_normalizer(v) for v in logits.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(continuous_bernoulli_log_normalizer(logits), expected, rtol=1.5e-15, atol=0)
+
+
 def test_the_mean_is_exact_to_rounding_on_both_sides_of_the_switch_to_its_series():
     """In float64 the mean is within a few units of rounding of the exact value for every |l| in [1e-8, 30]: the
     series (below |l| = 1) as well as the closed form (above)."""
