@@ -30,6 +30,16 @@ class DiagonalGaussian:
     def event_dim(self) -> int:
         return self.loc.shape[-1]
 
+    @property
+    def mean(self) -> torch.Tensor:
+        """E[z] = loc: (..., D)."""
+        return self.loc
+
+    @property
+    def stddev(self) -> torch.Tensor:
+        """The standard deviation of each coordinate, scale: (..., D)."""
+        return self.scale
+
     def rsample(
         self, sample_shape: torch.Size | tuple[int, ...] = (), generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -96,6 +106,23 @@ class GaussianMixture:
     @property
     def event_dim(self) -> int:
         return self.components.event_dim
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """w = softmax(logits): (..., K)."""
+        return self.log_weights.exp()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """E[z] = sum_k w_k loc_k: (..., D)."""
+        return (self.weights.unsqueeze(-1) * self.components.loc).sum(-2)
+
+    @property
+    def stddev(self) -> torch.Tensor:
+        """The standard deviation of each coordinate, by the law of total variance:
+        Var[z_d] = sum_k w_k (scale_kd^2 + (loc_kd - E[z_d])^2): (..., D)."""
+        spread = (self.components.loc - self.mean.unsqueeze(-2)).square()
+        return (self.weights.unsqueeze(-1) * (self.components.scale.square() + spread)).sum(-2).sqrt()
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """log sum_k w_k N(value; loc_k, diag(scale_k^2)), by log-sum-exp over k. value: (..., D) -> (...)."""

@@ -148,10 +148,40 @@ def gsnn_objective(
 
     the ELBO with the prior network as the proposal, so training samples z as testing does and the
     recognition network is not used. x, y: (N, x_dim), (N, y_dim) -> (N,).
+
+    Under a mixture prior p(z|x) = sum_k w_k N(z; loc_k, scale_k^2) the draw of a component is not
+    differentiable, so a sampled component would leave the weights w without a gradient. The expectation over
+    the component is taken exactly instead (``mixture_expected_log_likelihood``): the same objective, whose
+    expectation is E_{p(z|x)} log p(y|x,z) for any L, with a gradient for the weights and no noise from the
+    choice of the component, for K passes of the generation net per sample instead of one.
     """
     batch = _batch(model, x, y, y_hat, batch)
-    z = batch.prior.rsample((num_samples,), generator=generator)
+    prior = batch.prior
+    if isinstance(prior, GaussianMixture):
+        return mixture_expected_log_likelihood(model, x, y, prior, batch.context, num_samples, generator)
+    z = prior.rsample((num_samples,), generator=generator)
     return batch.log_likelihood(z).mean(0)
+
+
+def mixture_expected_log_likelihood(
+    model: ConditionalVAE,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    prior: GaussianMixture,
+    context: Context,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """E_{p(z|x)} log p(y|x,z) under a mixture prior, its component marginalized out (Rao-Blackwellized):
+
+        sum_{k=1}^{K} w_k (1/L) sum_{l=1}^{L} log p(y|x, z_kl),   z_kl = loc_k + scale_k eps_kl,  eps_kl ~ N(0, I),
+
+    unbiased for sum_k w_k E_{N(loc_k, scale_k^2)} log p(y|x,z) = E_{p(z|x)} log p(y|x,z), and differentiable in
+    the weights: d/d logit_j = w_j (mean_l log p(y|x,z_jl) - the whole sum), through the softmax; in loc_k and
+    scale_k through the reparameterized draws. x, y: (N, x_dim), (N, y_dim) -> (N,)."""
+    z = prior.components.rsample((num_samples,), generator=generator)  # (L, N, K, z_dim)
+    log_likelihood = model.log_likelihood(x, y, z.transpose(-2, -3), context)  # (L, K, N)
+    return (prior.weights.transpose(-1, -2) * log_likelihood.mean(0)).sum(0)
 
 
 def hybrid_objective(

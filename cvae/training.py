@@ -124,7 +124,8 @@ def train_step(loss_fn: Callable[..., torch.Tensor], optimizer: torch.optim.Opti
 
 @dataclass
 class EarlyStopping:
-    """Early stopping on the validation loss, and the learning-rate halving.
+    """Early stopping on the validation loss (``validation_loss``: the loss that is trained, KL weight 1), and the
+    learning-rate halving.
 
     An epoch improves when its validation loss is below the best so far (``best_val``), or when it ends within
     the KL warm-up (epoch + 1 < kl_warmup, counting epochs from 0), so patience counts from the warm-up's end.

@@ -108,7 +108,7 @@ def test_the_samples_table_over_seeds_and_families():
     table = samples_table(runs)
     assert table.startswith("| samples judged as samples, K = 10 | 1 quadrant |")
     assert f"| CVAE, best-of-10 squared error | 52.00 ± {np.std([50, 54], ddof=1):.2f} (SE 0.50; 2 seeds) |" in table
-    assert "| CVAE, active units of z (Cov_x E_q[z_u] > 0.01) | 4 ± 1 (2 seeds) |" in table
+    assert "| CVAE, active units of z (Var[(E_q z_u - E_p z_u) / sd_p z_u] > 0.01) | 4 ± 1 (2 seeds) |" in table
     assert "| GSNN, best-of-10 squared error | 40.00 (SE 0.50; 1 seed) |" in table
     assert "GSNN, KL" not in table and "GSNN, active units" not in table  # its recognition net is untrained
     assert "| NN, distinct labels among the 10 | 52.00 ± 2.83 (SE 0.50; 2 seeds) |" in table  # the cvae runs'

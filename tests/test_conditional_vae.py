@@ -18,7 +18,7 @@ from cvae import ConditionalVAE, Regressor, fit, likelihoods
 from cvae import training as training_module
 from cvae.distributions import kl_divergence
 from cvae.estimators import cll_importance, cll_monte_carlo, negative_elbo
-from cvae.objectives import training_loss
+from cvae.objectives import elbo, training_loss
 from cvae.settings import TrainingSettings
 from cvae.training import validation_loss
 
@@ -292,6 +292,18 @@ def test_negative_elbo_is_the_quadrature_value_above_the_cll_by_the_kl_to_the_tr
     error = estimate - expected
     assert (error.abs() < 4 * exact["se_elbo"] + 1e-6).all(), (error, exact["se_elbo"])
     assert (estimate > -exact["log_evidence"] + exact["kl_true_posterior"] / 2).all()
+
+
+def test_the_elbo_objective_with_many_draws_is_the_quadrature_value(quadrature):
+    """The training objective (1/L) sum_l [log p(y|x,z_l)] - KL (the KL in closed form, or for a mixture prior
+    (1/L) sum_l [log q(z_l) - log p(z_l)] on the same draws) converges to log p(y|x) - KL(q || p(z|x,y))."""
+    model, x, y, exact = quadrature
+    samples = 20_000
+    with torch.no_grad():
+        estimate = elbo(model, x, y, samples, gen(7))
+    error = estimate - (exact["log_evidence"] - exact["kl_true_posterior"])
+    standard_error = exact["se_elbo"] * math.sqrt(NUM_SAMPLES / samples)
+    assert (error.abs() < 4 * standard_error + 1e-6).all(), (error, standard_error)
 
 
 def test_the_elbo_identity_with_the_models_closed_form_kl(quadrature):

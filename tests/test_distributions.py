@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import distributions as td
 
-from cvae.distributions import DiagonalGaussian, bernoulli_log_likelihood, kl_divergence, kl_divergence_per_dimension
+from cvae.distributions import (
+    DiagonalGaussian,
+    GaussianMixture,
+    bernoulli_log_likelihood,
+    kl_divergence,
+    kl_divergence_per_dimension,
+)
 
 
 def random_gaussian(*shape: int, seed: int = 0) -> DiagonalGaussian:
@@ -107,3 +113,71 @@ def test_bernoulli_log_likelihood_is_stable_for_extreme_logits():
     logits = torch.tensor([[100.0, -100.0]])
     value = bernoulli_log_likelihood(logits, torch.tensor([[1.0, 0.0]]))
     assert torch.isfinite(value).all() and value.abs().item() < 1e-30
+
+
+def random_mixture(seed: int = 0) -> tuple[GaussianMixture, td.MixtureSameFamily]:
+    """A mixture of K = 3 diagonal Gaussians over D = 2, for N = 4, and the same with torch.distributions."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(4, 3, generator=generator, dtype=torch.float64) * 2
+    loc = torch.randn(4, 3, 2, generator=generator, dtype=torch.float64) * 2
+    scale = torch.rand(4, 3, 2, generator=generator, dtype=torch.float64) + 0.2
+    reference = td.MixtureSameFamily(td.Categorical(logits=logits), td.Independent(td.Normal(loc, scale), 1))
+    return GaussianMixture(logits, loc, scale), reference
+
+
+def test_moments_match_torch_distributions():
+    """E[z] and the standard deviation of each coordinate, of one Gaussian and of a mixture (the law of total
+    variance), against torch.distributions."""
+    q = random_gaussian(5, 3)
+    torch.testing.assert_close(q.mean, td.Normal(q.loc, q.scale).mean)
+    torch.testing.assert_close(q.stddev, td.Normal(q.loc, q.scale).stddev)
+    mixture, reference = random_mixture()
+    torch.testing.assert_close(mixture.weights, reference.mixture_distribution.probs)
+    torch.testing.assert_close(mixture.mean, reference.mean)
+    torch.testing.assert_close(mixture.stddev, reference.variance.sqrt())
+
+
+def test_mixture_log_prob_and_draws_match_torch_distributions():
+    """log sum_k w_k N(z; loc_k, scale_k^2) against torch.distributions; draws with the mixture's mean and variance."""
+    mixture, reference = random_mixture(1)
+    z = torch.randn(7, 4, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
+    torch.testing.assert_close(mixture.log_prob(z), reference.log_prob(z))
+    draws = mixture.rsample((100_000,), generator=torch.Generator().manual_seed(3))
+    assert draws.shape == (100_000, 4, 2)
+    standard_error = reference.variance.sqrt() / 100_000**0.5
+    assert ((draws.mean(0) - reference.mean).abs() < 4 * standard_error).all()
+    torch.testing.assert_close(draws.var(0), reference.variance, rtol=0.03, atol=0)
+
+
+def test_leading_dimensions_of_any_number_are_the_batch_and_the_last_one_the_event():
+    """A (2, 3) batch of Gaussians and of mixtures of K = 5 over D = 4 against torch.distributions: densities of
+    values with fewer, as many and more dimensions than the batch (broadcast), the KL, the moments, and draws of
+    every sample shape, each image's draws from its own distribution."""
+    generator = torch.Generator().manual_seed(10)
+    q, p = random_gaussian(2, 3, 4, seed=10), random_gaussian(2, 3, 4, seed=11)
+    reference_q, reference_p = (td.Independent(td.Normal(d.loc, d.scale), 1) for d in (q, p))
+    logits = torch.randn(2, 3, 5, generator=generator, dtype=torch.float64)
+    loc = torch.randn(2, 3, 5, 4, generator=generator, dtype=torch.float64) * 3
+    scale = torch.rand(2, 3, 5, 4, generator=generator, dtype=torch.float64) * 0.5 + 0.1
+    mixture = GaussianMixture(logits, loc, scale)
+    reference = td.MixtureSameFamily(td.Categorical(logits=logits), td.Independent(td.Normal(loc, scale), 1))
+    assert q.event_dim == mixture.event_dim == 4
+    for shape in ((3, 4), (2, 3, 4), (6, 2, 3, 4)):
+        value = torch.randn(*shape, generator=generator, dtype=torch.float64) * 2
+        torch.testing.assert_close(q.log_prob(value), reference_q.log_prob(value))
+        torch.testing.assert_close(mixture.log_prob(value), reference.log_prob(value))
+    torch.testing.assert_close(kl_divergence(q, p), td.kl_divergence(reference_q, reference_p))
+    torch.testing.assert_close(mixture.mean, reference.mean)
+    torch.testing.assert_close(mixture.stddev, reference.variance.sqrt())
+    for sample_shape in ((), (3,), (2, 2)):
+        for d in (q, mixture):
+            assert d.rsample(sample_shape, generator=generator).shape == (*sample_shape, 2, 3, 4)
+    for d, ref in ((q, reference_q), (mixture, reference)):
+        draws = d.rsample((20_000,), generator=generator)
+        standard_error = ref.variance.sqrt() / 20_000**0.5
+        assert ((draws.mean(0) - ref.mean).abs() < 5 * standard_error).all()
+        assert ((draws.std(0) / ref.variance.sqrt() - 1).abs() < 0.05).all()
+    # a draw without a sample shape comes from each image's own mixture: all near one of that image's components
+    single = torch.stack([mixture.rsample(generator=generator) for _ in range(200)])  # (200, 2, 3, 4)
+    distance = ((single.unsqueeze(-2) - loc) / scale).square().sum(-1).min(-1).values  # (200, 2, 3)
+    assert (distance < 40).all()

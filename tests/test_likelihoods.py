@@ -213,6 +213,54 @@ def test_mean_in_float32_near_zero_and_far_from_it():
     torch.testing.assert_close(below, continuous_bernoulli_mean(one), rtol=4e-16, atol=0)
 
 
+def test_the_series_use_the_exact_bernoulli_numbers():
+    """B_2, B_4, ..., B_12 = 1/6, -1/30, 1/42, -1/30, 5/66, -691/2730, as exact rationals, as many as asked for."""
+    from fractions import Fraction
+
+    from cvae.likelihoods import _even_bernoulli_numbers
+    known = [Fraction(1, 6), Fraction(-1, 30), Fraction(1, 42), Fraction(-1, 30), Fraction(5, 66), Fraction(-691, 2730)]
+    assert _even_bernoulli_numbers(6) == known
+    assert _even_bernoulli_numbers(1) == known[:1]
+
+
+def decimal_mean(logit: float) -> float:
+    """E[y] = 1 / (1 - e^-l) - 1 / l in 50-digit decimal arithmetic (no cancellation at this precision)."""
+    from decimal import Decimal, localcontext
+    with localcontext() as context:
+        context.prec = 50
+        l = Decimal(logit)  # noqa: E741
+        return float(1 / (1 - (-l).exp()) - 1 / l)
+
+
+def decimal_log_normalizer(logit: float) -> float:
+    """log C(l) = log(|l| / tanh(|l| / 2)) in 50-digit decimal arithmetic, tanh(a / 2) = (1 - e^-a) / (1 + e^-a)."""
+    from decimal import Decimal, localcontext
+    with localcontext() as context:
+        context.prec = 50
+        a = abs(Decimal(logit))
+        return float((a * (1 + (-a).exp()) / (1 - (-a).exp())).ln())
+
+
+def test_the_log_normalizer_is_exact_to_rounding_on_both_sides_of_the_switch_to_its_series():
+    """In float64 log C is within a few units of rounding of the exact value for every |l| in [1e-8, 80]: the
+    series to l^10 (below |l| = 0.1) as well as the closed form (above)."""
+    magnitudes = torch.cat([torch.logspace(-8, math.log10(80), 300, dtype=torch.float64),
+                            torch.linspace(0.05, 0.15, 101, dtype=torch.float64)])
+    logits = torch.cat([magnitudes, -magnitudes])
+    expected = torch.tensor([decimal_log_normalizer(v) for v in logits.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(continuous_bernoulli_log_normalizer(logits), expected, rtol=1.5e-15, atol=0)
+
+
+def test_the_mean_is_exact_to_rounding_on_both_sides_of_the_switch_to_its_series():
+    """In float64 the mean is within a few units of rounding of the exact value for every |l| in [1e-8, 30]: the
+    series (below |l| = 1) as well as the closed form (above)."""
+    magnitudes = torch.cat([torch.logspace(-8, math.log10(30), 300, dtype=torch.float64),
+                            torch.linspace(0.9, 2.5, 161, dtype=torch.float64)])
+    logits = torch.cat([magnitudes, -magnitudes])
+    expected = torch.tensor([decimal_mean(v) for v in logits.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(continuous_bernoulli_mean(logits), expected, rtol=4e-15, atol=0)
+
+
 SAMPLE_LOGITS = [0.0, 1e-5, -0.7, 2.5, -8.0]
 
 
@@ -542,6 +590,21 @@ def test_laplace_samples_are_torch_distributions_inverse_cdf_of_the_generators_u
     got = Laplace().sample(params, generator=gen(9))
     assert got.dtype == dtype and torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), expected, **tolerances(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_laplace_samples_at_the_extreme_uniforms_end_at_the_same_distance_from_loc_on_both_sides(dtype, monkeypatch):
+    """torch.rand gives 0 and 1 - eps/2 at most (eps/2 = 2^-24 in float32, 2^-53 in float64, its smallest positive
+    value on the CPU): F^-1 of them (u = 0 raised to eps/2) is mu + b log(eps) and mu - b log(eps), and F^-1(1/2) is
+    mu, the median."""
+    eps = torch.finfo(dtype).eps
+    u = torch.tensor([0.0, eps / 2, 0.5, 1 - eps / 2], dtype=dtype)
+    assert u[-1] < 1
+    monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: u.clone())
+    got = Laplace(scale=2.0).sample(torch.full((4,), 1.0, dtype=dtype))
+    tail = 2.0 * math.log(eps)
+    torch.testing.assert_close(got.double(), torch.tensor([1 + tail, 1 + tail, 1.0, 1 - tail], dtype=torch.float64),
+                               **tolerances(dtype))
 
 
 @pytest.mark.parametrize("scale", [0, 0.0, -1.0, float("nan"), float("inf"), "0.1", True, [0.1], 1e-50, 1e39])

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from cvae import CVAE, BaselineNet, QuadrantTask
+from cvae import CVAE, BaselineNet, ConditionalVAE, QuadrantTask
 from cvae.distributions import kl_divergence_per_dimension
 from cvae.objectives import elbo, hybrid_objective, training_loss
 from cvae.settings import TrainingSettings
@@ -133,3 +133,38 @@ def test_the_pieces_of_a_batch_are_computed_once_for_every_objective(monkeypatch
         monkeypatch.setattr(cvae, name, counted)
     hybrid_objective(cvae, x, y, 0.5, gen())
     assert calls == {"context": 1, "posterior": 1, "prior": 1}
+
+
+def per_dimension_kl(cvae: CVAE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """KL(q(z_j|x,y) || p(z_j|x)) per example and latent dimension, (N, z_dim), with torch.distributions."""
+    q, p = cvae.posterior(x, y), cvae.prior(x)
+    return torch.distributions.kl_divergence(torch.distributions.Normal(q.loc, q.scale),
+                                             torch.distributions.Normal(p.loc, p.scale))
+
+
+@pytest.mark.parametrize("kl_weight", [0.0, 0.3])
+def test_under_a_kl_warmup_the_remedied_loss_weights_its_kl_term(kl_weight):
+    """loss = -mean_n log p(y_n|x_n,z_n) + beta * KL_fb - aux * mean_n log p_g(y_n|x_n,z_n), with KL_fb the free bits'
+    sum_j max(allowance, mean_n KL_nj), or the KL itself without free bits: beta scales the KL term alone."""
+    cvae, (x, y) = model(0.3), data()
+    reconstruction = -elbo(cvae, x, y, 1, gen(), kl_weight=0.0).mean()
+    kl = per_dimension_kl(cvae, x, y)
+    auxiliary = remedied_elbo_loss(cvae, x, y, gen(), aux_weight=0.7) - remedied_elbo_loss(cvae, x, y, gen())
+    for free_bits in (0.0, 0.05):
+        charged = kl.mean(0).clamp(min=free_bits).sum()
+        for aux_weight in (0.0, 0.7):
+            loss = remedied_elbo_loss(cvae, x, y, gen(), kl_weight=kl_weight, free_bits=free_bits,
+                                      aux_weight=aux_weight)
+            expected = reconstruction + kl_weight * charged + (auxiliary if aux_weight else 0.0)
+            torch.testing.assert_close(loss, expected)
+
+
+def test_with_both_remedies_off_the_loss_is_the_negative_elbo_under_a_mixture_prior():
+    """Free bits need the KL per dimension in closed form (one Gaussian prior); with both remedies off the loss is
+    -ELBO under any prior, the KL of a mixture estimated on the same draw."""
+    torch.manual_seed(0)
+    cvae = ConditionalVAE(3, 2, z_dim=2, hidden=(8,), prior_components=3)
+    x, y = torch.randn(16, 3), torch.randn(16, 2)
+    torch.testing.assert_close(remedied_elbo_loss(cvae, x, y, gen()), -elbo(cvae, x, y, 1, gen()).mean())
+    with pytest.raises(ValueError, match="free bits need a Gaussian prior"):
+        remedied_elbo_loss(cvae, x, y, gen(), free_bits=0.1)

@@ -78,7 +78,8 @@ def test_every_run_is_judged_by_its_samples_and_by_the_true_likelihood(mnist_dir
     assert "| CVAE IS, true CLL of binarized outputs (S=2) |" in table and "T = 1 draw(s)" in table
     samples = table[table.index("| samples judged as samples, K = 10 | 1 quadrant | 2 quadrants |"):]
     assert "| NN, diversity of the 10 labels (nats) | 0.000 ± 0.000 | 0.000 ± 0.000 |" in samples
-    assert f"| CVAE, active units of z (Cov_x E_q[z_u] > 0.01) | {saved['1'][ACTIVE_UNITS]} |" in samples
+    label = "CVAE, active units of z (Var[(E_q z_u - E_p z_u) / sd_p z_u] > 0.01)"
+    assert f"| {label} | {saved['1'][ACTIVE_UNITS]} |" in samples
     assert all(line.count("|") - line.count("\\|") == 4 for line in samples.splitlines() if line.startswith("|"))
     with open(finished_run / "results.csv", newline="") as handle:
         rows = {(row["row"], row["setting"]): row for row in csv.DictReader(handle)}

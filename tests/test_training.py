@@ -45,6 +45,23 @@ def noise(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+# ------------------------------------------------------------------------------------ the schedules of the settings
+@pytest.mark.parametrize("warmup, batches", [(3, 7), (1, 4), (4, 1)])
+def test_the_kl_weight_rises_linearly_in_the_global_step_from_0_to_1_over_the_warmup(warmup, batches):
+    """beta(t) = min(1, t / (W B)) at global step t = epoch B + step (Bowman et al. 2016's linear warm-up over W epochs
+    of B steps): 0 at the first step, the same slope across an epoch's end, 1 from step W B on."""
+    settings = TrainingSettings(kl_warmup=warmup)
+    betas = [settings.kl_weight_at(epoch, step, batches) for epoch in range(warmup + 2) for step in range(batches)]
+    assert betas == pytest.approx([min(1.0, t / (warmup * batches)) for t in range(len(betas))], abs=1e-12)
+    assert betas[0] == 0.0 and betas[warmup * batches - 1] < 1.0 and betas[warmup * batches:] == [1.0] * (2 * batches)
+
+
+def test_without_warmup_the_kl_weight_is_1_and_the_learning_rate_decays_geometrically():
+    assert {TrainingSettings().kl_weight_at(epoch, step, 3) for epoch in range(3) for step in range(3)} == {1.0}
+    settings = TrainingSettings(lr=0.01, lr_decay=0.5)
+    assert [settings.lr_at(epoch) for epoch in range(4)] == pytest.approx([0.01, 0.005, 0.0025, 0.00125], rel=1e-12)
+
+
 # ------------------------------------------------------------------------------------------------ train_step
 def test_train_step_is_one_optimizer_step_on_the_weighted_loss_and_returns_it_detached():
     """Two steps of train_step and two written out (zero_grad, backward, step) give the same losses and weights;

@@ -186,6 +186,47 @@ def test_a_share_of_the_blocks_gets_the_values_of_the_whole():
                                whole[2 * BLOCK:])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_pixel_of_gray_level_0_is_never_on_and_one_of_1_always_on(dtype, monkeypatch):
+    """P(b = 1) = t exactly: b = [u < t] with u in [0, 1), so t = 0 gives 0 even for u = 0, t = 1 gives 1 even for u's
+    largest value 1 - eps/2, and t = 1/2 splits [0, 1) in two halves."""
+    t = torch.tensor([[0.0, 1.0, 0.5]], dtype=dtype)
+    largest = 1 - torch.finfo(dtype).eps / 2
+    for u, expected in ((0.0, [0.0, 1.0, 1.0]), (largest, [0.0, 1.0, 0.0])):
+        monkeypatch.setattr(torch, "rand", lambda *size, u=u, **kwargs: torch.full(size, u, dtype=dtype))
+        assert binarizations(t, 1)[0].tolist() == [expected]
+
+
+def test_every_block_every_seed_and_the_noise_of_z_draw_from_streams_of_their_own(monkeypatch):
+    """The binarizations and the noise of z are independent across blocks, across seeds a few apart (0, 1, 2) and of
+    each other: with t = 1/2 everywhere the draws of b of 3 blocks under 3 seeds are 9 different blocks of bits, and
+    the first uniforms of the z estimator's generator of each block, read the same way, 9 more."""
+    import cvae.paper.true_likelihood as true_likelihood
+    t = torch.full((3 * BLOCK, 3), 0.5, dtype=torch.float64)
+    x = torch.zeros(3 * BLOCK, 1, dtype=torch.float64)
+    blocks = []
+
+    def estimator(model, xb, b, num_samples, generator, progress):
+        blocks.append(torch.rand(BLOCK, 3, generator=generator, dtype=torch.float64) < 0.5)
+        return torch.zeros(xb.shape[0], dtype=torch.float64)
+
+    monkeypatch.setitem(true_likelihood.CVAE_ESTIMATORS, "importance", estimator)
+    model = tiny_cvae()
+    for seed in range(3):
+        blocks += list(binarizations(t, 1, seed)[0].bool().split(BLOCK))
+        cvae_expected_nll(model, x, t, 1, 1, seed=seed)
+    assert len(blocks) == 18
+    assert all(not torch.equal(a, b) for i, a in enumerate(blocks) for b in blocks[i + 1:])
+
+
+def test_the_seed_is_0_by_default():
+    x, t = torch.randn(6, 1, dtype=torch.float64), torch.rand(6, 3, dtype=torch.float64)
+    assert torch.equal(binarizations(t, 2), binarizations(t, 2, seed=0))
+    inputs = torch.randn(6, 2, dtype=torch.float64)
+    assert torch.equal(nn_expected_nll(regressor(3), inputs, t, 2), nn_expected_nll(regressor(3), inputs, t, 2, seed=0))
+    assert torch.equal(cvae_expected_nll(tiny_cvae(), x, t, 2, 3), cvae_expected_nll(tiny_cvae(), x, t, 2, 3, seed=0))
+
+
 @pytest.mark.parametrize("change, needle", [
     (dict(num_draws=0), "num_draws"),
     (dict(num_draws=True), "num_draws"),

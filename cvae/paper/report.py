@@ -104,7 +104,8 @@ def samples_table(results: dict) -> str:
     lines += ["", f"K = {k_} predictions per test image: the NN's one prediction, K times (diversity 0, one "
               "label); the CVAE's means of p(y|x,z), z ~ p(z|x). Squared errors are summed over the predicted "
               f"pixels; the labels are a {results['dataset']} classifier's{trained} on the completed images; "
-              "active units: Burda et al. (2016)."
+              "active units: after Burda et al. (2016), the posterior mean measured from the prior's, in its "
+              "standard deviations."
               + (" GSNN objective: the KL and active-unit rows, of the untrained recognition net, are left out."
                  if results.get("objective") == "gsnn" else "")]
     return "\n".join(lines) + "\n"

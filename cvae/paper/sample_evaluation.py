@@ -14,7 +14,8 @@ Per test image, with the gray levels t of the targets and K predictions y_1..y_K
 
 The NN's K predictions are its one prediction K times (its best-of-K error is its squared error, its diversity 0,
 its distinct labels 1); the CVAE's are the means E[y|x,z_k] of p(y|x,z_k) with z_k ~ p(z|x). Over the test set,
-the CVAE's active units (Burda et al. 2016) come from the posterior means E_q[z|x,y] (``summarize``).
+the CVAE's active units (after Burda et al. 2016) come from the posterior means' offsets from the prior's,
+(E_q[z|x,y] - E_p[z|x]) / sd_p[z|x] (cvae.paper.sample_metrics, ``summarize``).
 
 Seeds: block b of BLOCK images (cvae.paper.evaluation) draws its binarizations and their z as cvae.paper.true_likelihood
 says, and its K samples of z (then the z of a mixture prior's KL) from a generator seeded with
@@ -39,7 +40,9 @@ from .sample_metrics import active_units, best_of_k_error, classifier_scores, la
 from .true_likelihood import cvae_expected_nll, nn_expected_nll
 
 SAMPLES_SEED_OFFSET = BLOCK_SEED_STRIDE // 4  # the K samples' generators, apart from the estimators' and draws'
-ACTIVE_UNITS = "cvae_active_units"  # results.json: the one value per setting that is not a mean over images
+# results.json: the one value per setting that is not a mean over images. Named apart from the "cvae_active_units" of
+# runs evaluated before, which counted Var_x E_q[z_u|x,y] without the prior's mean and scale (not shown any more).
+ACTIVE_UNITS = "cvae_active_units_vs_prior"
 
 TRUE_ROW_NAMES = {
     "nn_true": "NN, true CLL of binarized outputs (exact)",
@@ -58,7 +61,7 @@ SAMPLE_ROWS = {
     "nn_distinct": ("NN, distinct labels among the {K}", 2),
     "cvae_distinct": ("CVAE, distinct labels among the {K}", 2),
     "cvae_kl": ("CVAE, KL(q(z\\|x,y) ‖ p(z\\|x)) (nats)", 2),
-    ACTIVE_UNITS: ("CVAE, active units of z (Cov_x E_q[z_u] > 0.01)", 0),
+    ACTIVE_UNITS: ("CVAE, active units of z (Var[(E_q z_u - E_p z_u) / sd_p z_u] > 0.01)", 0),
 }
 TRUE_KEYS = tuple(TRUE_ROW_NAMES)
 SAMPLE_KEYS = tuple(key for key in SAMPLE_ROWS if key != ACTIVE_UNITS)  # the per-image values
@@ -84,7 +87,8 @@ def _check_options(binarizations: object, sample_k: object) -> None:
 def _block_values(baseline: BaselineNet, cvae: CVAE, classifier: nn.Module | None, xb: torch.Tensor,
                   yb: torch.Tensor, block: int, num_samples: int, binarizations: int | None, sample_k: int,
                   seed: int, progress: bool) -> dict[str, torch.Tensor]:
-    """The per-image values of one block of images (block: its index), and its posterior means."""
+    """The per-image values of one block of images (block: its index), and its posterior means' offsets from the
+    prior's (``latent_statistics``)."""
     values = {}
     if binarizations:
         with blame_memory(f"--binarizations {binarizations}: {binarizations:,} binary images drawn of each test image, "
@@ -108,7 +112,7 @@ def _sample_values(baseline: BaselineNet, cvae: CVAE, classifier: nn.Module | No
     with torch.inference_mode():
         prediction = baseline(xb)[None]  # (1, n, D)
         samples = cvae.sample(xb, sample_k, generator=generator, mean=True)  # (K, n, D)
-    kl, values["posterior_means"] = latent_statistics(cvae, xb, yb, generator)
+    kl, values["latent_offsets"] = latent_statistics(cvae, xb, yb, generator)
     nn_probs = class_probabilities(classifier, completed_images(xb, prediction, cvae.task))
     scores = {"nn": classifier_scores(nn_probs.expand(sample_k, -1, -1)),
               "cvae": classifier_scores(class_probabilities(classifier, completed_images(xb, samples, cvae.task)))}
@@ -123,8 +127,8 @@ def per_image_sample_values(
     num_samples: int, binarizations: int | None, sample_k: int, seed: int = 0, progress: bool = True, desc: str = "",
     first_block: int = 0, arithmetic: str = "fp32",
 ) -> dict[str, torch.Tensor]:
-    """Every per-image value of the module's docstring, float64 on the CPU, each (N,), and under "posterior_means"
-    E_q[z|x,y] (N, z_dim), for x, y: the images from block first_block on.
+    """Every per-image value of the module's docstring, float64 on the CPU, each (N,), and under "latent_offsets"
+    (E_q[z|x,y] - E_p[z|x]) / sd_p[z|x] (N, z_dim), for x, y: the images from block first_block on.
 
     binarizations: T, the draws b ~ Bernoulli(t) per image of the true likelihood (None: not computed, no
     nn_true / cvae_true_*); num_samples: S, samples of z per estimate; sample_k: K, predictions per image for
@@ -137,7 +141,7 @@ def per_image_sample_values(
         raise ValueError("the sample metrics (sample_k > 0) need a classifier of the completed images")
     baseline.eval()
     cvae.eval()
-    keys = (TRUE_KEYS if binarizations else ()) + (SAMPLE_KEYS + ("posterior_means",) if sample_k else ())
+    keys = (TRUE_KEYS if binarizations else ()) + (SAMPLE_KEYS + ("latent_offsets",) if sample_k else ())
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
     if keys:
         what = [f"true likelihood T={binarizations}"] * bool(binarizations) + [f"samples K={sample_k}"] * bool(sample_k)
@@ -149,7 +153,7 @@ def per_image_sample_values(
                                        block, num_samples, binarizations, sample_k, seed, progress)
             for key, value in values.items():
                 parts[key].append(value.double().cpu())
-    empty = {"posterior_means": torch.zeros(0, cvae.z_dim, dtype=torch.float64)}
+    empty = {"latent_offsets": torch.zeros(0, cvae.z_dim, dtype=torch.float64)}
     return {key: torch.cat(chunks) if chunks else empty.get(key, torch.zeros(0, dtype=torch.float64))
             for key, chunks in parts.items()}
 
@@ -169,15 +173,15 @@ def sharded_sample_values(
 
 
 def per_image(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The values of one image each, (N,) (what per_image.pt keeps): all but the posterior means."""
-    return {key: value for key, value in values.items() if key != "posterior_means"}
+    """The values of one image each, (N,) (what per_image.pt keeps): all but the latent offsets."""
+    return {key: value for key, value in values.items() if key != "latent_offsets"}
 
 
 def summarize(values: dict[str, torch.Tensor]) -> dict:
     """Mean and standard error over images of each per-image value (``cvae.paper.evaluation.mean_and_sem``) and, with
     the sample metrics, the CVAE's active units (``cvae.paper.sample_metrics.active_units``; None for one image)."""
     summary: dict = {key: mean_and_sem(value) for key, value in per_image(values).items()}
-    means = values.get("posterior_means")
-    if means is not None:
-        summary[ACTIVE_UNITS] = active_units(means) if means.shape[0] > 1 else None
+    offsets = values.get("latent_offsets")
+    if offsets is not None:
+        summary[ACTIVE_UNITS] = active_units(offsets) if offsets.shape[0] > 1 else None
     return summary

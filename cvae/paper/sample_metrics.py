@@ -10,8 +10,23 @@ For K samples y_1..y_K of the output pixels of each image:
     distinct          #{c: hat p_c > 0}                           distinct predicted labels
 
 with p(c|image) a digit classifier's softmax (cvae.paper.classifier). For the latent variable: the KL term of the
-ELBO, KL(q(z|x,y) || p(z|x)), per image, and the active units of Burda, Grosse, Salakhutdinov (2016, section 5.2):
-unit u is active when A_u = Cov_x(E_{q(z|x,y)}[z_u]) > 0.01.
+ELBO, KL(q(z|x,y) || p(z|x)), per image, and the active units: unit u is active when
+
+    A_u = Var_{(x,y)} [ delta_u(x, y) ] > 0.01,     delta_u(x, y) = (E_q[z_u|x,y] - E_p[z_u|x]) / sd_p[z_u|x],
+
+the variance over the test images of the posterior mean's offset from the prior's mean, in the prior's standard
+deviations. Burda, Grosse, Salakhutdinov (2016, section 5.2) define A_u = Cov_x(E_q[z_u|x]) for a fixed N(0, I)
+prior, for which delta_u is the posterior mean and the two agree. Here the prior p(z|x) moves with x, and the
+posterior means would vary with x even where q(z|x,y) = p(z|x) exactly (no information about y in z, KL 0):
+measured from the prior's mean, such a unit has delta_u = 0 and is inactive. In the prior's standard deviations,
+A_u is Burda et al.'s statistic in the coordinates where p(z|x) = N(0, I) (z -> (z - E_p[z|x]) / sd_p[z|x], which
+the generation net, seeing x, can undo), so the threshold 0.01 keeps its meaning whatever scale the prior net
+learns. For a mixture prior E_p and sd_p are the mixture's (sd_p by the law of total variance). With one y per x
+the variance is over (x, y) pairs: an offset that depends on x alone (no y in it) still counts; the variance within
+x, E_x Var_{y|x}, would need several y of the same x.
+
+Active units reported before this definition (docs/results.md, docs/strong.md) were A_u = Var_x(E_q[z_u|x,y]),
+with the prior's mean and scale left out.
 """
 
 from __future__ import annotations
@@ -23,7 +38,7 @@ from cvae.distributions import DiagonalGaussian, GaussianMixture
 from cvae.inputs import check_num_samples
 from cvae.objectives import latent_kl as _latent_kl
 
-ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016)'s threshold on A_u
+ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016)'s threshold on A_u, in units of the prior's variance
 BLOCK = 2048  # images per pass of the recognition and prior nets
 
 
@@ -77,27 +92,34 @@ def latent_kl(posterior: DiagonalGaussian, prior: DiagonalGaussian | GaussianMix
     return _latent_kl(posterior, prior, z).mean(0)
 
 
-def active_units(posterior_means: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
-    """The number of units u with A_u = Cov_x(E_q[z_u|x,y]) > threshold (Burda, Grosse, Salakhutdinov 2016,
-    section 5.2): posterior_means (N, z_dim), one row E_q[z|x,y] per image, N >= 2. A_u is the unbiased sample
-    variance over the N images of unit u's posterior mean."""
-    _check_tensor(posterior_means, "posterior_means", 2, "(N, z_dim)")
-    if posterior_means.shape[0] < 2:
-        raise ValueError(f"posterior_means needs at least 2 images (rows) for a variance, got "
-                         f"{posterior_means.shape[0]}")
-    return int((posterior_means.double().var(0, unbiased=True) > threshold).sum())
+def prior_offsets(posterior: DiagonalGaussian, prior: DiagonalGaussian | GaussianMixture) -> torch.Tensor:
+    """delta = (E_q[z|x,y] - E_p[z|x]) / sd_p[z|x] per image and unit, (N, z_dim): the posterior mean measured from
+    the prior's mean, in the prior's standard deviations (the module's docstring)."""
+    return (posterior.mean - prior.mean) / prior.stddev
+
+
+def active_units(offsets: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
+    """The number of units u with A_u = Var(delta_u) > threshold: offsets (N, z_dim), one row delta(x, y) =
+    (E_q[z|x,y] - E_p[z|x]) / sd_p[z|x] per image (``prior_offsets``), N >= 2. A_u is the unbiased sample variance
+    over the N images of unit u's offset. Under a fixed N(0, I) prior delta is the posterior mean and A_u that of
+    Burda, Grosse, Salakhutdinov (2016, section 5.2)."""
+    _check_tensor(offsets, "offsets", 2, "(N, z_dim)")
+    if offsets.shape[0] < 2:
+        raise ValueError(f"offsets needs at least 2 images (rows) for a variance, got {offsets.shape[0]}")
+    return int((offsets.double().var(0, unbiased=True) > threshold).sum())
 
 
 @torch.inference_mode()
 def latent_statistics(model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor,
                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image, KL(q(z|x,y) || p(z|x)) (``latent_kl``, one draw of z for a mixture prior) and the posterior
-    mean E_q[z|x,y]: x (N, x_dim), y (N, y_dim) -> (N,), (N, z_dim); in blocks of BLOCK images."""
+    mean's offset from the prior's, (E_q[z|x,y] - E_p[z|x]) / sd_p[z|x] (``prior_offsets``, what ``active_units``
+    takes): x (N, x_dim), y (N, y_dim) -> (N,), (N, z_dim); in blocks of BLOCK images."""
     model.eval()
-    kls, means = [], []
+    kls, offsets = [], []
     for start in range(0, x.shape[0], BLOCK):
         xb, yb = x[start:start + BLOCK], y[start:start + BLOCK]
-        posterior = model.posterior(xb, yb)
-        kls.append(latent_kl(posterior, model.prior(xb), generator=generator))
-        means.append(posterior.loc)
-    return torch.cat(kls), torch.cat(means)
+        posterior, prior = model.posterior(xb, yb), model.prior(xb)
+        kls.append(latent_kl(posterior, prior, generator=generator))
+        offsets.append(prior_offsets(posterior, prior))
+    return torch.cat(kls), torch.cat(offsets)

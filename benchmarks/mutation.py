@@ -1,0 +1,365 @@
+"""Mutation testing of the math modules: plant one bug at a time, run the tests that should catch it.
+
+    OMP_NUM_THREADS=1 python benchmarks/mutation.py                     # every module; JSON summary on stdout
+    python benchmarks/mutation.py --modules objectives --list           # the mutants, without running anything
+    python benchmarks/mutation.py --rev 4e38d8e > before.json           # the code and tests of a commit
+
+The repository's cvae/, tests/ and pyproject.toml (of the working tree, or of the commit ``--rev``, by ``git
+archive``) are copied to a temporary directory, and every mutant is written into that copy's module, never into the
+working tree; the copy's module is restored after each mutant and the whole copy removed on any exit (try/finally).
+
+A mutant is one change to the module's abstract syntax tree, spliced into the source at the node's position:
+
+    operator     + <-> -, * <-> /, ** -> *, // -> /       comparison   < <-> <=, > <-> >=, == <-> !=, is <-> is not
+    dropped term a + b -> a, a + b -> b, a - b -> a, a * b -> a, a * b -> b, a / b -> a, -a -> a, not a -> a
+    constant     an int c -> c + 1, a float c -> 2 c (0.0 -> 1.0), True <-> False
+    call         x.mean <-> x.sum, min <-> max, exp <-> log, log1p -> log, expm1 -> exp; clamp(min=) -> clamp(max=);
+                 a generator=, replacement= or unbiased= argument dropped
+    branch       if c -> if not c, a if c else b -> a if not c else b,  and <-> or
+
+within the functions of the math each module lists (TARGETS). Left alone: docstrings and strings, annotations,
+input validation (an ``if`` whose body is a ``raise``, the ``raise`` itself, calls of ``check_*`` / ``_check_*``),
+progress bars, and the constants that only size chunks of work. Each mutant runs the module's tests (fast files
+first) as ``pytest -x -q -k DESELECT`` in a process forked from this one (torch is imported once), under a timeout of
+TIMEOUT_FACTOR x the unmutated run plus TIMEOUT_SLACK s. A mutant is killed when a test fails or errs (or the
+run times out), and survives when all pass. EQUIVALENT lists the survivors that no test can kill, with the reason.
+
+The JSON: per module and in total the mutants, killed, survived and equivalent, and every survivor's place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_FACTOR, TIMEOUT_SLACK = 3.0, 20.0
+DESELECT = "not z2"  # test_estimators.py's 2-d latent repeats its 1-d cases at 3 times the cost
+
+# module -> (the functions (qualified names) whose code is mutated, None for every function; module-level constants
+# mutated; the test files, fast first)
+FAST_MODEL_TESTS = ["tests/test_conditional_vae.py"]
+TARGETS: dict[str, tuple[set[str] | None, bool, list[str]]] = {
+    "cvae/distributions.py": (None, True, ["tests/test_distributions.py", "tests/test_sample_metrics.py",
+                                           *FAST_MODEL_TESTS, "tests/test_remedies.py", "tests/test_estimators.py"]),
+    "cvae/likelihoods.py": ({"_even_bernoulli_numbers", "_polynomial", "continuous_bernoulli_log_normalizer",
+                             "continuous_bernoulli_mean", "continuous_bernoulli_icdf", "Bernoulli.log_prob",
+                             "Bernoulli.mean", "Bernoulli.sample", "Bernoulli._in_support", "Gaussian.num_params",
+                             "Gaussian.loc_scale", "Gaussian.log_prob", "Gaussian.mean", "Gaussian.sample",
+                             "Gaussian._in_support", "ContinuousBernoulli.logits", "ContinuousBernoulli.log_prob",
+                             "ContinuousBernoulli.mean", "ContinuousBernoulli.sample",
+                             "ContinuousBernoulli._in_support",
+                             "Laplace.num_params", "Laplace.loc_scale", "Laplace.log_prob", "Laplace.mean",
+                             "Laplace.sample", "Laplace._in_support", "Categorical.logits", "Categorical.log_prob",
+                             "Categorical.mean", "Categorical.sample", "Categorical.features",
+                             "Categorical.feature_dim", "Categorical._in_support"},
+                            True, ["tests/test_likelihoods.py", *FAST_MODEL_TESTS]),
+    "cvae/objectives.py": (None, False, ["tests/test_remedies.py", "tests/test_sample_metrics.py", *FAST_MODEL_TESTS,
+                                         "tests/test_training.py", "tests/test_estimators.py"]),
+    "cvae/estimators.py": (None, False, ["tests/test_estimator_chunks.py", "tests/test_true_likelihood.py",
+                                         *FAST_MODEL_TESTS, "tests/test_estimators.py"]),
+    "cvae/paper/true_likelihood.py": (None, True, ["tests/test_true_likelihood.py"]),
+    "cvae/paper/sample_metrics.py": (None, True, ["tests/test_sample_metrics.py"]),
+    "cvae/settings.py": ({"TrainingSettings.kl_weight_at", "TrainingSettings.lr_at"}, False,
+                         ["tests/test_training.py", "tests/test_settings.py", *FAST_MODEL_TESTS]),
+}
+# module-level constants mutated (where the module's flag is set); the others only size chunks of work or name things
+CONSTANTS = {"LOG_2PI", "MIN_SCALE", "LOG_2", "_LOG_NORMALIZER_TAYLOR_BELOW", "_MEAN_TAYLOR_BELOW",
+             "_SAMPLE_UNIFORM_BELOW", "_BERNOULLI", "_LOG_NORMALIZER_SERIES", "_MEAN_SERIES", "Z_SEED_OFFSET",
+             "ACTIVE_THRESHOLD"}
+
+# survivors that no test can kill: (module, function, mutant's description) -> why
+EQUIVALENT: dict[tuple[str, str, str], str] = {}
+
+SWAP_OPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.Pow: ast.Mult,
+            ast.FloorDiv: ast.Div}
+SWAP_CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
+            ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
+SWAP_NAMES = {"mean": "sum", "sum": "mean", "min": "max", "max": "min", "exp": "log", "log": "exp", "log1p": "log",
+              "expm1": "exp", "amin": "amax", "amax": "amin", "logsumexp": "logcumsumexp"}
+DROPPED_KEYWORDS = {"generator", "replacement", "unbiased"}
+
+
+@dataclass
+class Mutant:
+    module: str
+    function: str
+    line: int
+    description: str
+    source: str  # the whole mutated module
+
+    occurrence: int = 0  # of the same description in the same function, counted from 0
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.module, self.function, self.description + (f" #{self.occurrence}" if self.occurrence else "")
+
+
+def _is_validation(node: ast.AST) -> bool:
+    if isinstance(node, ast.Raise | ast.Assert | ast.JoinedStr):
+        return True
+    if isinstance(node, ast.If) and all(isinstance(s, ast.Raise) for s in node.body) and not node.orelse:
+        return True
+    if isinstance(node, ast.Call):
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        return name.startswith(("check", "_check")) or name in ("tqdm", "update", "set_postfix")
+    return False
+
+
+def _splice(lines: list[bytes], node: ast.AST, text: str) -> str:
+    """The module with node's source (its byte offsets) replaced by text."""
+    start, end = node.lineno - 1, node.end_lineno - 1
+    before = b"".join(lines[:start]) + lines[start][:node.col_offset]
+    after = lines[end][node.end_col_offset:] + b"".join(lines[end + 1:])
+    return (before + text.encode() + after).decode()
+
+
+def _replacements(node: ast.AST, parent: ast.AST | None) -> list[tuple[str, ast.AST | str]]:
+    """(description, the node's replacement: a node or source text) for every mutant of node itself (parent: the
+    node it is in, which names the place of a constant)."""
+    where = f" in {ast.unparse(parent)[:70]}" if parent is not None and not isinstance(parent, ast.stmt) else ""
+    out: list[tuple[str, ast.AST | str]] = []
+    if isinstance(node, ast.BinOp):
+        op = type(node.op)
+        if op in SWAP_OPS:
+            new = copy.deepcopy(node)
+            new.op = SWAP_OPS[op]()
+            out.append((f"{op.__name__} -> {SWAP_OPS[op].__name__}: {ast.unparse(node)}", new))
+        if op in (ast.Add, ast.Sub, ast.Mult, ast.Div):
+            out.append((f"dropped right of {op.__name__}: {ast.unparse(node)}", node.left))
+        if op in (ast.Add, ast.Mult):
+            out.append((f"dropped left of {op.__name__}: {ast.unparse(node)}", node.right))
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.Not):
+        out.append((f"dropped {type(node.op).__name__}: {ast.unparse(node)}", node.operand))
+    elif isinstance(node, ast.Compare):
+        for i, op in enumerate(node.ops):
+            if type(op) in SWAP_CMP:
+                new = copy.deepcopy(node)
+                new.ops[i] = SWAP_CMP[type(op)]()
+                out.append((f"{type(op).__name__} -> {SWAP_CMP[type(op)].__name__}: {ast.unparse(node)}", new))
+    elif isinstance(node, ast.BoolOp):
+        new = copy.deepcopy(node)
+        new.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        out.append((f"{type(node.op).__name__} -> {type(new.op).__name__}: {ast.unparse(node)}", new))
+    elif isinstance(node, ast.Constant) and type(node.value) in (int, float, bool):
+        value = node.value
+        new_value = (not value) if isinstance(value, bool) else value + 1 if isinstance(value, int) else \
+            (2 * value if value else 1.0)
+        out.append((f"constant {value!r} -> {new_value!r}{where}", repr(new_value)))
+    elif isinstance(node, ast.Attribute) and node.attr in SWAP_NAMES:
+        new = copy.deepcopy(node)
+        new.attr = SWAP_NAMES[node.attr]
+        out.append((f".{node.attr} -> .{new.attr}: {ast.unparse(node)}", new))
+    elif isinstance(node, ast.Name) and node.id in ("min", "max"):
+        out.append((f"{node.id} -> {SWAP_NAMES[node.id]}{where}", SWAP_NAMES[node.id]))
+    elif isinstance(node, ast.Call):
+        for i, keyword in enumerate(node.keywords):
+            if keyword.arg in DROPPED_KEYWORDS:
+                new = copy.deepcopy(node)
+                del new.keywords[i]
+                out.append((f"dropped {keyword.arg}=: {ast.unparse(node)}", new))
+            if keyword.arg in ("min", "max"):
+                new = copy.deepcopy(node)
+                new.keywords[i].arg = "max" if keyword.arg == "min" else "min"
+                out.append((f"{keyword.arg}= -> {new.keywords[i].arg}=: {ast.unparse(node)}", new))
+    elif isinstance(node, ast.IfExp):
+        new = copy.deepcopy(node)
+        new.test = ast.UnaryOp(ast.Not(), new.test)
+        out.append((f"negated condition: {ast.unparse(node.test)}", new))
+    return out
+
+
+def mutants(module: str, text: str) -> list[Mutant]:
+    """Every mutant of a module's listed functions (and constants), in source order, without duplicates."""
+    functions, with_constants, _ = TARGETS[module]
+    tree = ast.parse(text)
+    lines = text.encode().splitlines(keepends=True)
+    found: list[Mutant] = []
+    seen = {text}
+
+    occurrences: dict[tuple[str, str], int] = {}
+
+    def add(node: ast.AST, function: str, description: str, replacement: ast.AST | str) -> None:
+        replacement_text = replacement if isinstance(replacement, str) else f"({ast.unparse(replacement)})"
+        source = _splice(lines, node, replacement_text)
+        if source in seen:
+            return
+        seen.add(source)
+        try:
+            compile(source, module, "exec")
+        except SyntaxError:
+            return
+        n = occurrences.get((function, description), 0)
+        occurrences[function, description] = n + 1
+        found.append(Mutant(module, function, node.lineno, description, source, n))
+
+    def visit(node: ast.AST, function: str, parent: ast.AST | None = None) -> None:
+        if _is_validation(node):
+            return
+        if isinstance(node, ast.If):  # branch: the test negated (the whole if statement's test, in place)
+            add(node.test, function, f"negated condition: {ast.unparse(node.test)}",
+                ast.UnaryOp(ast.Not(), node.test))
+        for description, replacement in _replacements(node, parent):
+            add(node, function, description, replacement)
+        for field, value in ast.iter_fields(node):
+            if field in ("annotation", "returns", "decorator_list", "type_comment"):
+                continue
+            children = value if isinstance(value, list) else [value]
+            for child in children:
+                if isinstance(child, ast.AST):
+                    visit(child, function, node)
+
+    def walk_body(body: list[ast.stmt], prefix: str) -> None:
+        for statement in body:
+            if isinstance(statement, ast.ClassDef):
+                walk_body(statement.body, f"{prefix}{statement.name}.")
+            elif isinstance(statement, ast.FunctionDef):
+                name = f"{prefix}{statement.name}"
+                if (functions is None and not statement.name.startswith(("check", "_check"))) or (
+                        functions is not None and name in functions):
+                    for i, child in enumerate(statement.body):
+                        if i == 0 and isinstance(child, ast.Expr) and isinstance(child.value, ast.Constant):
+                            continue  # the docstring
+                        visit(child, name)
+                    for default in statement.args.defaults + [d for d in statement.args.kw_defaults if d]:
+                        visit(default, name)
+            elif (with_constants and not prefix and isinstance(statement, ast.Assign | ast.AnnAssign)
+                  and any(isinstance(t, ast.Name) and t.id in CONSTANTS
+                          for t in (statement.targets if isinstance(statement, ast.Assign) else [statement.target]))):
+                visit(statement.value, "<module>")
+
+    walk_body(tree.body, "")
+    return found
+
+
+def _run_tests(copy_root: Path, tests: list[str], log: Path, timeout: float) -> tuple[str, float]:
+    """Run ``pytest -x -q tests`` in a forked child in the copy: ("passed" | "failed" | "timeout", seconds)."""
+    started = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # the child: fresh imports of cvae from the copy
+        code = 3
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.setsid()
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.chdir(copy_root)
+            sys.path.insert(0, str(copy_root))
+            sys.dont_write_bytecode = True
+            import pytest
+            code = pytest.main([*tests, "-x", "-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore",
+                                "-k", DESELECT])
+        finally:
+            os._exit(int(code))
+    deadline = started + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            return ("passed" if code == 0 else "failed"), time.perf_counter() - started
+        if time.perf_counter() > deadline:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+            return "timeout", time.perf_counter() - started
+        time.sleep(0.05)
+
+
+def _first_failure(log: Path) -> str:
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            return line.split(" - ")[0]
+    return ""
+
+
+def _make_copy(rev: str | None) -> Path:
+    root = Path(tempfile.mkdtemp(prefix="cvae-mutation-"))
+    if rev is None:
+        for name in ("cvae", "tests"):
+            shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(ROOT / "pyproject.toml", root / "pyproject.toml")
+    else:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "cvae", "tests", "pyproject.toml"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--modules", nargs="*", help="module names or paths (default: every TARGETS module)")
+    parser.add_argument("--rev", help="the commit whose code and tests to mutate (default: the working tree)")
+    parser.add_argument("--list", action="store_true", help="print the mutants and stop")
+    parser.add_argument("--only", nargs="*", help="run only the mutants of these descriptions' substrings")
+    args = parser.parse_args()
+    chosen = [m for m in TARGETS if not args.modules or any(a in m for a in args.modules)]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # so that the finally below cleans up
+    copy_root = _make_copy(args.rev)
+    summary: dict = {"rev": args.rev or "working tree", "modules": {}, "survivors": [], "equivalent": []}
+    try:
+        import torch  # noqa: F401  (imported once, before the forks)
+        for module in chosen:
+            path = copy_root / module
+            original = path.read_text()
+            found = mutants(module, original)
+            if args.only:
+                found = [m for m in found if any(s in m.description for s in args.only)]
+            if args.list:
+                for m in found:
+                    print(f"{module}:{m.line} {m.function}: {m.description}")
+                continue
+            tests = [t for t in TARGETS[module][2] if (copy_root / t).exists()]
+            log = copy_root / "mutant.log"
+            status, baseline = _run_tests(copy_root, tests, log, 3600)
+            if status != "passed":
+                raise SystemExit(f"{module}: the unmutated tests do not pass:\n{log.read_text()[-3000:]}")
+            counts = {"mutants": len(found), "killed": 0, "survived": 0, "equivalent": 0, "timeout": 0,
+                      "tests": tests, "unmutated_seconds": round(baseline, 1)}
+            print(f"{module}: {len(found)} mutants, tests {baseline:.1f} s unmutated", file=sys.stderr, flush=True)
+            for i, m in enumerate(found):
+                try:
+                    path.write_text(m.source)
+                    status, seconds = _run_tests(copy_root, tests, log, TIMEOUT_FACTOR * baseline + TIMEOUT_SLACK)
+                finally:
+                    path.write_text(original)
+                if status == "passed":
+                    entry = {"module": module, "function": m.function, "line": m.line, "mutant": m.key[2]}
+                    if m.key in EQUIVALENT:
+                        counts["equivalent"] += 1
+                        summary["equivalent"].append(entry | {"why": EQUIVALENT[m.key]})
+                    else:
+                        counts["survived"] += 1
+                        summary["survivors"].append(entry)
+                else:
+                    counts["killed"] += 1
+                    counts["timeout"] += status == "timeout"
+                print(f"  [{i + 1}/{len(found)}] {status:8s} {seconds:5.1f} s  {m.function}:{m.line} {m.description}"
+                      f"  {_first_failure(log) if status == 'failed' else ''}", file=sys.stderr, flush=True)
+            summary["modules"][module] = counts
+    finally:
+        shutil.rmtree(copy_root, ignore_errors=True)
+    if not args.list:
+        keys = ("mutants", "killed", "survived", "equivalent", "timeout")
+        summary["total"] = {k: sum(c[k] for c in summary["modules"].values()) for k in keys}
+        killable = summary["total"]["mutants"] - summary["total"]["equivalent"]
+        summary["total"]["score"] = round(summary["total"]["killed"] / killable, 4) if killable else None
+        print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
