@@ -80,7 +80,83 @@ CONSTANTS = {"LOG_2PI", "MIN_SCALE", "LOG_2", "_LOG_NORMALIZER_TAYLOR_BELOW", "_
              "ACTIVE_THRESHOLD"}
 
 # survivors that no test can kill: (module, function, mutant's description) -> why
-EQUIVALENT: dict[tuple[str, str, str], str] = {}
+_SEED = "another seed formula that keeps every stream apart (blocks, seeds a few apart, b and z): the same " \
+        "distribution of draws"
+_SHOWN = "decides only whether a progress bar is shown"
+_CHUNKS = "sizes the chunks of samples or when their partial results are folded: the same sums, up to rounding order"
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("cvae/distributions.py", "GaussianMixture.rsample", "Add -> Sub: loc + scale * eps"):
+        "eps ~ N(0, I) is symmetric: loc - scale eps has the same distribution, reparameterized alike",
+    ("cvae/likelihoods.py", "Gaussian.sample", "Add -> Sub: loc + scale * eps"):
+        "eps ~ N(0, I) is symmetric: loc - scale eps has the same distribution",
+    ("cvae/likelihoods.py", "_even_bernoulli_numbers", "constant 1 -> 2 in 2 * count + 1"):
+        "also computes B_(2 count + 1) (= 0), which the slice of the even ones drops",
+    ("cvae/likelihoods.py", "<module>", "constant 12 -> 13 in _even_bernoulli_numbers(12)"):
+        "one more term of the mean's series, B_26 l^25 / 26! < 4e-21 for |l| < 1: below float64 rounding",
+    ("cvae/likelihoods.py", "<module>", "constant 5 -> 6 in :5"):
+        "one more term of log C's series, below 2e-19 for |l| < 0.1: below float64 rounding",
+    ("cvae/likelihoods.py", "<module>", "constant 0.1 -> 0.2"):
+        "log C's series (to l^10) up to |l| < 0.2: within 1e-15 relative of the exact value, as the closed form is",
+    ("cvae/likelihoods.py", "<module>", "constant 1e-12 -> 2e-12"):
+        "the inverse CDF's first-order branch up to |l| < 2e-12: its error O(l^2) ~ 1e-24 is below rounding",
+    ("cvae/likelihoods.py", "continuous_bernoulli_log_normalizer", "Lt -> LtE: a < _LOG_NORMALIZER_TAYLOR_BELOW"):
+        "at |l| = 0.1 exactly the series and the closed form agree to rounding",
+    ("cvae/likelihoods.py", "continuous_bernoulli_mean", "Lt -> LtE: logits.abs() < _MEAN_TAYLOR_BELOW"):
+        "at |l| = 1 exactly the series and the closed form agree to rounding",
+    ("cvae/likelihoods.py", "continuous_bernoulli_icdf", "Lt -> LtE: a < _SAMPLE_UNIFORM_BELOW"):
+        "at |l| = 1e-12 exactly both branches agree to rounding",
+    ("cvae/likelihoods.py", "continuous_bernoulli_icdf", "Gt -> GtE: logits > 0"):
+        "at l = 0 the branch for |l| < 1e-12 is taken, whichever side l = 0 counts on",
+    ("cvae/likelihoods.py", "continuous_bernoulli_icdf",
+     "constant 1.0 -> 2.0 in torch.where(tiny, near_uniform, exact).clamp(0.0, 1.0)"):
+        "F^-1(u) <= 1 for u in [0, 1) in exact arithmetic: the upper clamp only guards rounding",
+    ("cvae/likelihoods.py", "Laplace.sample", "Lt -> LtE: u < 0.5"):
+        "at u = 1/2 both tails give F^-1(u) = mu",
+    ("cvae/likelihoods.py", "Laplace.sample", "Mult -> Div: scale * sign"):
+        "sign is +1 or -1: scale / sign = scale sign",
+    ("cvae/objectives.py", "remedied_elbo_loss", "Gt -> GtE: aux_weight > 0"):
+        "at aux_weight = 0 it adds 0 x a finite log-likelihood",
+    ("cvae/estimators.py", "_reduce_samples", "Mult -> Div: x.shape[0] * num_samples"): _SHOWN,
+    ("cvae/estimators.py", "_reduce_samples", "dropped right of Mult: x.shape[0] * num_samples"): _SHOWN,
+    ("cvae/estimators.py", "_reduce_samples", "dropped left of Mult: x.shape[0] * num_samples"): _SHOWN,
+    ("cvae/estimators.py", "_reduce_samples", "constant 0 -> 1 in x.shape[0]"): _SHOWN,
+    ("cvae/estimators.py", "_reduce_samples", "constant True -> False"): _SHOWN,
+    ("cvae/estimators.py", "cll_monte_carlo", "constant True -> False"): _SHOWN,
+    ("cvae/estimators.py", "cll_importance", "constant True -> False"): _SHOWN,
+    ("cvae/estimators.py", "negative_elbo", "constant True -> False"): _SHOWN,
+    ("cvae/estimators.py", "_reduce_samples", "constant 1 -> 2 in max(1, MAX_ROWS // xb.shape[0])"): _CHUNKS,
+    ("cvae/estimators.py", "_reduce_samples", "constant 0 -> 1 in xb.shape[0]"): _CHUNKS,
+    ("cvae/estimators.py", "_reduce_samples", "negated condition: len(partial) * xb.shape[0] >= PENDING_ELEMENTS"):
+        _CHUNKS,
+    ("cvae/estimators.py", "_reduce_samples", "GtE -> Gt: len(partial) * xb.shape[0] >= PENDING_ELEMENTS"): _CHUNKS,
+    ("cvae/estimators.py", "_reduce_samples", "Mult -> Div: len(partial) * xb.shape[0]"): _CHUNKS,
+    ("cvae/estimators.py", "_reduce_samples", "dropped right of Mult: len(partial) * xb.shape[0]"): _CHUNKS,
+    ("cvae/estimators.py", "_reduce_samples", "dropped left of Mult: len(partial) * xb.shape[0]"): _CHUNKS,
+    ("cvae/estimators.py", "_reduce_samples", "constant 0 -> 1 in xb.shape[0] #1"): _CHUNKS,
+    ("cvae/estimators.py", "mean_and_sem", "Gt -> GtE: n > 1"):
+        "for n = 1 the unbiased standard deviation of one value is NaN, as the other branch's",
+    ("cvae/estimators.py", "mean_and_sem", "dropped unbiased=: values.std(unbiased=True)"):
+        "torch's standard deviation is the unbiased one by default",
+    ("cvae/paper/true_likelihood.py", "<module>", "constant 2 -> 3 in BLOCK_SEED_STRIDE // 2"): _SEED,
+    ("cvae/paper/true_likelihood.py", "_block_binarizations", "Add -> Sub: seed + block * BLOCK_SEED_STRIDE"): _SEED,
+    ("cvae/paper/true_likelihood.py", "cvae_expected_nll",
+     "Add -> Sub: seed + Z_SEED_OFFSET + block * BLOCK_SEED_STRIDE"): _SEED,
+    ("cvae/paper/true_likelihood.py", "cvae_expected_nll", "Add -> Sub: seed + Z_SEED_OFFSET"): _SEED,
+    ("cvae/paper/true_likelihood.py", "nn_expected_nll", "constant 0 -> 1 in x.new_zeros(0)"):
+        "unreachable: an empty y is refused before",
+    ("cvae/paper/true_likelihood.py", "cvae_expected_nll", "constant 0 -> 1 in x.new_zeros(0)"):
+        "unreachable: an empty y is refused before",
+    ("cvae/paper/true_likelihood.py", "cvae_expected_nll", "constant False -> True"): _SHOWN,
+    ("cvae/paper/sample_metrics.py", "classifier_scores", "dropped USub: -1 #3"):
+        "the tensor is (N, C) by construction: dimension 1 is dimension -1",
+    ("cvae/paper/sample_metrics.py", "classifier_scores", "dropped USub: -1 #4"):
+        "the tensor is (N, C) by construction: dimension 1 is dimension -1",
+    ("cvae/paper/sample_metrics.py", "active_units",
+     "dropped unbiased=: posterior_means.double().var(0, unbiased=True)"):
+        "torch's variance is the unbiased one by default",
+    ("cvae/paper/sample_metrics.py", "active_units", "dropped unbiased=: offsets.double().var(0, unbiased=True)"):
+        "torch's variance is the unbiased one by default",
+}
 
 SWAP_OPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.Pow: ast.Mult,
             ast.FloorDiv: ast.Div}
@@ -300,13 +376,44 @@ def _make_copy(rev: str | None) -> Path:
     return root
 
 
+def _totals(summary: dict) -> dict:
+    keys = ("mutants", "killed", "survived", "equivalent", "timeout")
+    total = {k: sum(c[k] for c in summary["modules"].values()) for k in keys}
+    killable = total["mutants"] - total["equivalent"]
+    total["score"] = round(total["killed"] / killable, 4) if killable else None
+    return total
+
+
+def rescore(summary: dict) -> dict:
+    """An earlier run's summary with its survivors and equivalents classified again by EQUIVALENT."""
+    entries = summary["survivors"] + summary["equivalent"]
+    summary = summary | {"survivors": [], "equivalent": []}
+    for counts in summary["modules"].values():
+        counts["survived"] = counts["equivalent"] = 0
+    for entry in entries:
+        entry = {k: v for k, v in entry.items() if k != "why"}
+        key = (entry["module"], entry["function"], entry["mutant"])
+        counts = summary["modules"][entry["module"]]
+        if key in EQUIVALENT:
+            counts["equivalent"] += 1
+            summary["equivalent"].append(entry | {"why": EQUIVALENT[key]})
+        else:
+            counts["survived"] += 1
+            summary["survivors"].append(entry)
+    return summary | {"total": _totals(summary)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--modules", nargs="*", help="module names or paths (default: every TARGETS module)")
     parser.add_argument("--rev", help="the commit whose code and tests to mutate (default: the working tree)")
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
     parser.add_argument("--only", nargs="*", help="run only the mutants of these descriptions' substrings")
+    parser.add_argument("--rescore", type=Path, help="an earlier run's JSON: classify its survivors by EQUIVALENT")
     args = parser.parse_args()
+    if args.rescore:
+        print(json.dumps(rescore(json.loads(args.rescore.read_text())), indent=1))
+        return
     chosen = [m for m in TARGETS if not args.modules or any(a in m for a in args.modules)]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # so that the finally below cleans up
     copy_root = _make_copy(args.rev)
@@ -354,10 +461,7 @@ def main() -> None:
     finally:
         shutil.rmtree(copy_root, ignore_errors=True)
     if not args.list:
-        keys = ("mutants", "killed", "survived", "equivalent", "timeout")
-        summary["total"] = {k: sum(c[k] for c in summary["modules"].values()) for k in keys}
-        killable = summary["total"]["mutants"] - summary["total"]["equivalent"]
-        summary["total"]["score"] = round(summary["total"]["killed"] / killable, 4) if killable else None
+        summary["total"] = _totals(summary)
         print(json.dumps(summary, indent=1))
 
 

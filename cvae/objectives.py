@@ -169,7 +169,7 @@ def mixture_expected_log_likelihood(
     y: torch.Tensor,
     prior: GaussianMixture,
     context: Context,
-    num_samples: int = 1,
+    num_samples: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """E_{p(z|x)} log p(y|x,z) under a mixture prior, its component marginalized out (Rao-Blackwellized):
