@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/mutation.py                     # every module; JSON summary on stdout
     python benchmarks/mutation.py --modules objectives --list           # the mutants, without running anything
     python benchmarks/mutation.py --rev 4e38d8e > before.json           # the code and tests of a commit
+    python benchmarks/mutation.py --rescore a.json b.json                # runs merged, survivors classified again
 
 The repository's cvae/, tests/ and pyproject.toml (of the working tree, or of the commit ``--rev``, by ``git
 archive``) are copied to a temporary directory, and every mutant is written into that copy's module, never into the
@@ -114,8 +115,12 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "at u = 1/2 both tails give F^-1(u) = mu",
     ("cvae/likelihoods.py", "Laplace.sample", "Mult -> Div: scale * sign"):
         "sign is +1 or -1: scale / sign = scale sign",
-    ("cvae/objectives.py", "remedied_elbo_loss", "Gt -> GtE: aux_weight > 0"):
+    ("cvae/objectives.py", "elbo", "Gt -> GtE: aux_weight > 0 #1"):
         "at aux_weight = 0 it adds 0 x a finite log-likelihood",
+    ("cvae/objectives.py", "mixture_expected_log_likelihood", "dropped USub: -2"):
+        "z is (L, N, K, z_dim) by construction: dimension 2 is dimension -2",
+    ("cvae/objectives.py", "mixture_expected_log_likelihood", "dropped USub: -1"):
+        "the prior's weights are (N, K) by construction: dimension 1 is dimension -1",
     ("cvae/estimators.py", "_reduce_samples", "Mult -> Div: x.shape[0] * num_samples"): _SHOWN,
     ("cvae/estimators.py", "_reduce_samples", "dropped right of Mult: x.shape[0] * num_samples"): _SHOWN,
     ("cvae/estimators.py", "_reduce_samples", "dropped left of Mult: x.shape[0] * num_samples"): _SHOWN,
@@ -409,10 +414,17 @@ def main() -> None:
     parser.add_argument("--rev", help="the commit whose code and tests to mutate (default: the working tree)")
     parser.add_argument("--list", action="store_true", help="print the mutants and stop")
     parser.add_argument("--only", nargs="*", help="run only the mutants of these descriptions' substrings")
-    parser.add_argument("--rescore", type=Path, help="an earlier run's JSON: classify its survivors by EQUIVALENT")
+    parser.add_argument("--rescore", type=Path, nargs="+",
+                        help="earlier runs' JSON (e.g. one per module), merged; survivors classified by EQUIVALENT")
     args = parser.parse_args()
     if args.rescore:
-        print(json.dumps(rescore(json.loads(args.rescore.read_text())), indent=1))
+        runs = [json.loads(path.read_text()) for path in args.rescore]
+        merged = {"rev": sorted({run["rev"] for run in runs}), "modules": {}, "survivors": [], "equivalent": []}
+        for run in runs:
+            merged["modules"] |= run["modules"]
+            merged["survivors"] += run["survivors"]
+            merged["equivalent"] += run["equivalent"]
+        print(json.dumps(rescore(merged), indent=1))
         return
     chosen = [m for m in TARGETS if not args.modules or any(a in m for a in args.modules)]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # so that the finally below cleans up
