@@ -129,15 +129,18 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("cvae/estimators.py", "cll_monte_carlo", "constant True -> False"): _SHOWN,
     ("cvae/estimators.py", "cll_importance", "constant True -> False"): _SHOWN,
     ("cvae/estimators.py", "negative_elbo", "constant True -> False"): _SHOWN,
-    ("cvae/estimators.py", "_reduce_samples", "constant 1 -> 2 in max(1, MAX_ROWS // xb.shape[0])"): _CHUNKS,
-    ("cvae/estimators.py", "_reduce_samples", "constant 0 -> 1 in xb.shape[0]"): _CHUNKS,
-    ("cvae/estimators.py", "_reduce_samples", "negated condition: len(partial) * xb.shape[0] >= PENDING_ELEMENTS"):
+    ("cvae/estimators.py", "_reduce_samples", "Mult -> Div: stream.size * num_samples"): _SHOWN,
+    ("cvae/estimators.py", "_reduce_samples", "dropped right of Mult: stream.size * num_samples"): _SHOWN,
+    ("cvae/estimators.py", "_reduce_samples", "dropped left of Mult: stream.size * num_samples"): _SHOWN,
+    ("cvae/estimators.py", "_reduce_blocks", "constant 1 -> 2 in max(1, MAX_ROWS // xb.shape[0])"): _CHUNKS,
+    ("cvae/estimators.py", "_reduce_blocks", "constant 0 -> 1 in xb.shape[0]"): _CHUNKS,
+    ("cvae/estimators.py", "_reduce_blocks", "negated condition: len(partial) * xb.shape[0] >= PENDING_ELEMENTS"):
         _CHUNKS,
-    ("cvae/estimators.py", "_reduce_samples", "GtE -> Gt: len(partial) * xb.shape[0] >= PENDING_ELEMENTS"): _CHUNKS,
-    ("cvae/estimators.py", "_reduce_samples", "Mult -> Div: len(partial) * xb.shape[0]"): _CHUNKS,
-    ("cvae/estimators.py", "_reduce_samples", "dropped right of Mult: len(partial) * xb.shape[0]"): _CHUNKS,
-    ("cvae/estimators.py", "_reduce_samples", "dropped left of Mult: len(partial) * xb.shape[0]"): _CHUNKS,
-    ("cvae/estimators.py", "_reduce_samples", "constant 0 -> 1 in xb.shape[0] #1"): _CHUNKS,
+    ("cvae/estimators.py", "_reduce_blocks", "GtE -> Gt: len(partial) * xb.shape[0] >= PENDING_ELEMENTS"): _CHUNKS,
+    ("cvae/estimators.py", "_reduce_blocks", "Mult -> Div: len(partial) * xb.shape[0]"): _CHUNKS,
+    ("cvae/estimators.py", "_reduce_blocks", "dropped right of Mult: len(partial) * xb.shape[0]"): _CHUNKS,
+    ("cvae/estimators.py", "_reduce_blocks", "dropped left of Mult: len(partial) * xb.shape[0]"): _CHUNKS,
+    ("cvae/estimators.py", "_reduce_blocks", "constant 0 -> 1 in xb.shape[0] #1"): _CHUNKS,
     ("cvae/estimators.py", "mean_and_sem", "Gt -> GtE: n > 1"):
         "for n = 1 the unbiased standard deviation of one value is NaN, as the other branch's",
     ("cvae/estimators.py", "mean_and_sem", "dropped unbiased=: values.std(unbiased=True)"):
