@@ -168,3 +168,14 @@ def test_with_both_remedies_off_the_loss_is_the_negative_elbo_under_a_mixture_pr
     torch.testing.assert_close(remedied_elbo_loss(cvae, x, y, gen()), -elbo(cvae, x, y, 1, gen()).mean())
     with pytest.raises(ValueError, match="free bits need a Gaussian prior"):
         remedied_elbo_loss(cvae, x, y, gen(), free_bits=0.1)
+
+
+def test_the_auxiliary_loss_alone_works_under_a_mixture_prior_and_adds_its_weight_times_one_likelihood():
+    """The auxiliary loss needs no KL per dimension: under a mixture prior the objective is the ELBO (its KL estimated
+    on the draw) plus aux_weight times a log-likelihood, so it is linear in aux_weight for a fixed draw."""
+    torch.manual_seed(0)
+    cvae = ConditionalVAE(3, 2, z_dim=2, hidden=(8,), prior_components=3)
+    x, y = torch.randn(16, 3), torch.randn(16, 2)
+    values = [elbo(cvae, x, y, 1, gen(), batch_mean=True, aux_weight=w).item() for w in (0.25, 0.5, 1.0)]
+    assert values[2] - values[1] == pytest.approx(2 * (values[1] - values[0]), rel=1e-4)
+    assert values[2] != values[1]
