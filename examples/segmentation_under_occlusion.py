@@ -115,6 +115,12 @@ def cvae_predictions(model: ConditionalVAE, x: torch.Tensor, num_samples: int, b
     return torch.cat(mean_maps), torch.cat(best_maps), torch.cat(drawn, 1)
 
 
+def mean_and_sem(values: torch.Tensor) -> str:
+    """"mean ± standard error" over examples (cvae.estimators.mean_and_sem)."""
+    summary = estimators.mean_and_sem(values.double())
+    return f"{summary['mean']:.2f} ± {summary['sem']:.2f}"
+
+
 def sample_figure(x: torch.Tensor, y: torch.Tensor, rows: dict[str, torch.Tensor], path: Path) -> None:
     """Columns: test images. Rows: the input (the hidden block gray), the true label map, then each of ``rows``
     (label maps (N, 1, 28, 28)); background black, each digit's class a colour of its own."""
@@ -187,17 +193,13 @@ def main(argv: list[str] | None = None) -> str:
     cvae_nll = estimators.cll_importance(model, x, y, args.num_samples, generator)
     mean_maps, best_maps, drawn = cvae_predictions(model, x, args.num_samples, args.best_of, y, generator)
 
-    def fmt(values: torch.Tensor) -> str:
-        summary = estimators.mean_and_sem(values.double())
-        return f"{summary['mean']:.2f} ± {summary['sem']:.2f}"
-
-    rows = [("NN baseline", fmt(baseline_nll) + " (exact)", scores(confusion(baseline_maps, y))),
-            (f"CVAE, mean of S={args.num_samples}", fmt(cvae_nll) + f" (importance sampling, S={args.num_samples})",
-             scores(confusion(mean_maps, y))),
+    rows = [("NN baseline", mean_and_sem(baseline_nll) + " (exact)", scores(confusion(baseline_maps, y))),
+            (f"CVAE, mean of S={args.num_samples}",
+             mean_and_sem(cvae_nll) + f" (importance sampling, S={args.num_samples})", scores(confusion(mean_maps, y))),
             (f"CVAE, best of K={args.best_of} (oracle)", "", scores(confusion(best_maps, y)))]
     lines = ["| prediction | negative CLL (nats per image) | pixel accuracy | mean IoU |", "|---|---|---|---|",
              *[f"| {name} | {nll} | {100 * s['accuracy']:.2f}% | {100 * s['iou']:.2f}% |" for name, nll, s in rows],
-             f"| NN - CVAE (paired) | {fmt(baseline_nll - cvae_nll)} | | |", "",
+             f"| NN - CVAE (paired) | {mean_and_sem(baseline_nll - cvae_nll)} | | |", "",
              f"MNIST label maps (background and 10 digit classes) under a hidden {args.block}x{args.block} block, "
              f"Categorical(11) likelihood, convolutional networks of {args.hidden} channels, z_dim {args.z_dim}; "
              f"trained on {len(train[0])} images ({len(val[0])} for early stopping); {len(x)} test images, ± is the "

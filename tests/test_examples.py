@@ -74,15 +74,21 @@ def test_train_py_runs_the_paper_experiment_under_the_continuous_bernoulli_likel
     assert status == 2 and "invalid choice: 'gaussian'" in err
 
 
-def test_the_image_completion_example_reports_both_models_in_nats(mnist_dir: Path, tmp_path: Path):
+def test_the_image_completion_example_reports_mlp_and_convolutional_models_in_nats(mnist_dir: Path,
+                                                                                   tmp_path: Path):
     script = load_script("examples/image_completion")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         table = script.main(["--dataset", "mnist", "--data-dir", str(mnist_dir), "--train-subset", "256",
                              "--epochs", "1", "--test-subset", "40", "--num-samples", "3", "--no-progress",
                              "--out", str(tmp_path)])
-    for row in ("NN baseline (exact)", "CVAE importance sampling, S=3", "CVAE Monte Carlo, S=3",
-                "NN - CVAE importance sampling (paired)"):
-        assert f"| {row} | " in table
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()
+            if line.startswith(("| mlp", "| conv"))]
+    names = ("NN baseline (exact)", "CVAE importance sampling, S=3", "CVAE Monte Carlo, S=3",
+             "CVAE negative ELBO (a bound), S=3", "NN - CVAE importance sampling (paired)")
+    assert [row[:2] for row in rows] == [[kind, name] for kind in ("mlp", "conv") for name in names]
+    parameters = {tuple(row[:2]): int(row[2].replace(",", "")) for row in rows if row[2]}
+    assert parameters["mlp", "NN baseline (exact)"] == 392 * 500 + 500 + 500 * 500 + 500 + 500 * 392 + 392
+    assert parameters["conv", "NN baseline (exact)"] != parameters["mlp", "NN baseline (exact)"]
     assert "40 test images" in table and (tmp_path / "samples.png").stat().st_size > 10_000
 
 
