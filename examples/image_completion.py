@@ -1,7 +1,7 @@
 """Real data, continuous pixels: complete the bottom half of a Fashion-MNIST (or MNIST) image from its top half,
 under the continuous-Bernoulli likelihood, a normalized density on [0, 1] (Loaiza-Ganem & Cunningham 2019).
 
-    python examples/image_completion.py                       # Fashion-MNIST, MLPs and convolutional networks
+    python examples/image_completion.py                       # Fashion-MNIST, MLPs and conv nets, 40 min on 1 core
     python examples/image_completion.py --networks mlp        # the MLPs only, about 4 minutes on 2 CPU cores
     python examples/image_completion.py --dataset mnist --out runs/completion_mnist
 

@@ -2,7 +2,7 @@
 (background, or the digit's class) from an image with a block hidden, where the hidden part can make the answer
 ambiguous (is it a 3 or an 8?).
 
-    python examples/segmentation_under_occlusion.py           # MNIST, about 9 minutes on 2 CPU cores
+    python examples/segmentation_under_occlusion.py           # MNIST, about 8 minutes on 2 CPU cores
 
 x = the digit (1, 28, 28) with a random BLOCK x BLOCK square hidden, its pixels marked -1 as the quadrant task
 marks the pixels it does not show; y = the label map of the whole digit (1, 28, 28), block included: 0
