@@ -29,8 +29,6 @@ EXIT_USAGE = 2  # bad input: nothing was changed
 EXIT_FAILED = 1  # the run itself failed (e.g. a non-finite loss)
 EXIT_INTERRUPTED = 130
 SEED_LIMIT = MAX_SEED + 1  # seeds are 0 .. 2^32 - 1: every generator seed built from one stays far inside 64 bits
-# what an allocation that failed says: torch on the CPU and on CUDA (torch.cuda.OutOfMemoryError), MPS
-_OUT_OF_MEMORY_MARKERS = ("out of memory", "can't allocate memory", "Cannot allocate memory")
 
 
 class UserError(Exception):
@@ -229,31 +227,12 @@ def lost_peer_message(error: RuntimeError) -> str:
             f"continues with: {distributed.command('train.py')} --resume RUN_DIR")
 
 
-def out_of_memory(error: BaseException) -> bool:
-    """Whether error is an allocation that failed (MemoryError, or torch's RuntimeError on any device)."""
-    return isinstance(error, MemoryError) or (
-        isinstance(error, RuntimeError) and any(marker in str(error) for marker in _OUT_OF_MEMORY_MARKERS))
-
-
-@contextlib.contextmanager
-def blame_memory(what: str) -> Iterator[None]:
-    """An allocation that fails in the block is put down to ``what`` (e.g. "--sample-k 1000: K completions of every
-    test image ...; lower --sample-k"): a note on the error, which out_of_memory_message says instead of its list of
-    options. The outermost note is the one said (the command's words, over the library's)."""
-    try:
-        yield
-    except (MemoryError, RuntimeError) as error:
-        if out_of_memory(error):
-            error.add_note(what)
-        raise
-
-
 def out_of_memory_message(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     cause = re.sub(r"^\[enforce fail at [^\]]*\]\s*(data\.\s*)?", "", lines[0]) if lines else type(error).__name__
     cause = cause if len(cause) <= 200 else cause[:200] + " [...]"
     notes = getattr(error, "__notes__", None)
-    if notes:  # what asked for the memory (blame_memory)
+    if notes:  # what asked for the memory (cvae.inputs.naming)
         return (f"error: out of memory ({cause.rstrip('. ')}) for {notes[-1].rstrip('. ')}; or free memory, or use "
                 "a device with more. Files already written are intact (each is written to a temporary file and "
                 "renamed into place).")
@@ -307,6 +286,8 @@ def failure(error: BaseException) -> tuple[str, int, bool] | None:
         distributed = _imported("distributed")
         if distributed is not None and distributed.lost_peer(error):
             return lost_peer_message(error), EXIT_FAILED, True
+        from cvae.inputs import out_of_memory  # torch is imported by now: the error came from it
+
         if out_of_memory(error):
             return out_of_memory_message(error), EXIT_FAILED, True
     return None

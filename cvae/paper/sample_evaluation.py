@@ -30,10 +30,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cvae import distributed, precision
+from cvae.inputs import naming
 from cvae.settings import check_seed, is_integer
 
 from .classifier import class_probabilities, completed_images
-from .cli import blame_memory
 from .evaluation import BLOCK, BLOCK_SEED_STRIDE, mean_and_sem, process_share
 from .models import CVAE, BaselineNet
 from .sample_metrics import active_units, best_of_k_error, classifier_scores, latent_statistics
@@ -91,14 +91,14 @@ def _block_values(baseline: BaselineNet, cvae: CVAE, classifier: nn.Module | Non
     prior's (``latent_statistics``)."""
     values = {}
     if binarizations:
-        with blame_memory(f"--binarizations {binarizations}: {binarizations:,} binary images drawn of each test image, "
+        with naming(f"--binarizations {binarizations}: {binarizations:,} binary images drawn of each test image, "
                           f"{BLOCK} images at a time; lower --binarizations"):
             values["nn_true"] = nn_expected_nll(baseline, xb, yb, binarizations, seed, block)
             for key, estimator in (("cvae_true_mc", "monte_carlo"), ("cvae_true_is", "importance")):
                 values[key] = cvae_expected_nll(cvae, xb, yb, binarizations, num_samples, estimator, seed, progress,
                                                 block)
     if sample_k:
-        with blame_memory(f"--sample-k {sample_k}: {sample_k:,} completions of each test image, {xb.shape[0]} images "
+        with naming(f"--sample-k {sample_k}: {sample_k:,} completions of each test image, {xb.shape[0]} images "
                           "at a time; lower --sample-k"):
             values |= _sample_values(baseline, cvae, classifier, xb, yb, block, sample_k, seed)
     return values

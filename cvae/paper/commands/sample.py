@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy
 import torch
 
-from cvae.inputs import check_num_samples
+from cvae.inputs import check_num_samples, naming
 from cvae.paper import cli, figures
 from cvae.paper.cli import UserError
 from cvae.paper.models import CVAE, BaselineNet
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     image_path = Path(args.image)
     out = output_path(image_path, args.quadrants, args.out)
     image = read_image(image_path, args.invert)
-    with cli.blame_memory(f"-n {args.num_samples}: {args.num_samples:,} completions of the image; lower -n"):
+    with naming(f"-n {args.num_samples}: {args.num_samples:,} completions of the image; lower -n"):
         completion = complete(args.run_dir, image, args.quadrants, args.num_samples, args.seed, device)
     if not args.invert and image.mean() > 0.5:
         print(f"note: {image_path} looks like dark ink on a light background (mean gray level "
