@@ -96,17 +96,10 @@ class ConcatGeneration(nn.Module):
         return out.reshape(*z.shape[:-1], -1)
 
 
-class ShapedGeneration(nn.Module):
+class ShapedGeneration(ConcatGeneration):
     """A user's generation module where c has a shape of more than one dimension (e.g. an image (C, H, W)): called
     as net(z, c) with z (M, z_dim) and c (M, *c_shape), c repeated for every sample of z (M = samples x
     examples); its output, (M, ...), is flattened to the likelihood's parameters (M, num_params * prod(y_shape))."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def prepare(self, condition: torch.Tensor) -> torch.Tensor:
-        return condition
 
     def forward(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         leading = z.shape[:-1]  # (..., N)
