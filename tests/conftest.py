@@ -34,6 +34,17 @@ TINY = ["--train-subset", "256", "--batch-size", "64", "--hidden", "16,16", "--z
         "--num-samples", "2", "--device", "cpu", "--no-progress"]
 
 
+def two_answer_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (n, 3), y (n, 2): one output linear in x, one bimodal given x."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=generator)
+    sign = torch.randint(0, 2, (n, 1), generator=generator) * 2 - 1
+    return x, torch.cat([2 * x[:, :1], sign * x[:, 1:2].abs()], dim=1) + 0.3 * torch.randn(n, 2, generator=generator)
+
+
+SMALL_TRAIN, SMALL_VAL = two_answer_data(96, 0), two_answer_data(32, 1)  # the training tests' data
+
+
 def _idx(arr: np.ndarray) -> bytes:
     magic = 0x0803 if arr.ndim == 3 else 0x0801
     return struct.pack(f">I{arr.ndim}I", magic, *arr.shape) + arr.astype(np.uint8).tobytes()

@@ -7,6 +7,8 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import SMALL_TRAIN as TRAIN
+from conftest import SMALL_VAL as VAL
 
 from cvae import ConditionalVAE, fit
 from cvae.checkpoints import CheckpointError
@@ -25,15 +27,6 @@ from cvae.training import (
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is faster than a busy machine's two
 
 
-def data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (n, 3), y (n, 2): one output linear in x, one bimodal given x."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, generator=generator)
-    sign = torch.randint(0, 2, (n, 1), generator=generator) * 2 - 1
-    return x, torch.cat([2 * x[:, :1], sign * x[:, 1:2].abs()], dim=1) + 0.3 * torch.randn(n, 2, generator=generator)
-
-
-TRAIN, VAL = data(96, 0), data(32, 1)
 
 
 def small_model(seed: int = 0) -> ConditionalVAE:
